@@ -1,0 +1,334 @@
+"""Run configuration: frozen dataclasses, loaded from YAML with dotted overrides.
+
+Precedence: command-line overrides > YAML file > dataclass defaults. OmegaConf's structured
+configs reject unknown keys and wrong types; `__post_init__` checks ranges and choices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from capsgan_dist.errors import ConfigError
+
+DATASETS = ("synthetic", "mnist", "fashion_mnist", "cifar10", "idx")
+
+
+def _choice(section: str, name: str, value: Any, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ConfigError(
+            f"{section}.{name}={value!r} is not allowed; choose one of {', '.join(map(str, allowed))}"
+        )
+
+
+def _positive(section: str, name: str, value: float, minimum: float = 0.0, strict: bool = True) -> None:
+    bad = value <= minimum if strict else value < minimum
+    if bad:
+        op = ">" if strict else ">="
+        raise ConfigError(f"{section}.{name}={value!r} is out of range; it must be {op} {minimum}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: str = "synthetic"
+    """Dataset: synthetic | mnist | fashion_mnist | cifar10 | idx (a folder of IDX .gz files)."""
+    root: Optional[str] = None
+    """Folder holding the data (torchvision root, or the IDX folder for `idx`)."""
+    split: str = "auto"
+    """train | test | auto (train if present, else test; MNIST here has only the test images)."""
+    image_size: int = 28
+    """Height and width the models are built for; the dataset must match it."""
+    channels: int = 1
+    """Image channels the models are built for (1 for MNIST, 3 for CIFAR-10)."""
+    synthetic_size: int = 2048
+    """Number of images in the synthetic dataset."""
+    num_workers: int = 0
+    """DataLoader worker processes per rank."""
+
+    def __post_init__(self) -> None:
+        _choice("data", "name", self.name, DATASETS)
+        _choice("data", "split", self.split, ("train", "test", "auto"))
+        _positive("data", "image_size", self.image_size, 8, strict=False)
+        if self.image_size % 4:
+            raise ConfigError(
+                f"data.image_size={self.image_size} must be divisible by 4 (the generator upsamples twice)"
+            )
+        _choice("data", "channels", self.channels, (1, 3))
+        _positive("data", "synthetic_size", self.synthetic_size, 1, strict=False)
+        _positive("data", "num_workers", self.num_workers, 0, strict=False)
+        if self.name == "idx" and not self.root:
+            raise ConfigError("data.name=idx needs data.root=<folder with *-images-idx3-ubyte.gz>")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    discriminator: str = "capsule"
+    """capsule (CapsuleGAN) | conv (the DCGAN baseline)."""
+    latent_dim: int = 100
+    """Size of the generator's N(0, 1) latent vector."""
+    g_widths: list[int] = field(default_factory=lambda: [128, 64, 32, 3])
+    """Generator conv widths before the final conv to `data.channels` (paper: 128, 64, 32, 3, 1)."""
+    g_batchnorm: bool = False
+    """BatchNorm in the generator (the paper trains without it)."""
+    conv1_channels: int = 256
+    """Kernels of the capsule D's first conv (paper: 256)."""
+    conv1_kernel: int = 9
+    """Kernel size of that conv (paper silent; Sabour et al.: 9)."""
+    primary_kernel: int = 7
+    """Kernel of the PrimaryCaps conv, stride 2 (paper: 7x7)."""
+    primary_channels: int = 32
+    """Capsule channels in PrimaryCaps."""
+    primary_dim: int = 8
+    """Dimension of each primary capsule."""
+    n_caps: int = 10
+    """Routed (DigitCaps-like) capsules; at least 2 or routing is a no-op."""
+    caps_dim: int = 16
+    """Dimension of each routed capsule."""
+    routing_iters: int = 3
+    """Dynamic-routing iterations (Sabour et al.: 3)."""
+    routing_grad: str = "all"
+    """all: backprop through every routing iteration | last: detach the earlier iterations."""
+    dense: int = 64
+    """Width of the dense layer between the flattened capsules and the logit."""
+    d_widths: list[int] = field(default_factory=lambda: [64, 128, 256, 512])
+    """Conv widths of the DCGAN baseline discriminator (a 5th conv gives the logit)."""
+
+    def __post_init__(self) -> None:
+        _choice("model", "discriminator", self.discriminator, ("capsule", "conv"))
+        _choice("model", "routing_grad", self.routing_grad, ("all", "last"))
+        _positive("model", "routing_iters", self.routing_iters, 1, strict=False)
+        if self.n_caps < 2:
+            raise ConfigError(
+                f"model.n_caps={self.n_caps}: with fewer than 2 routed capsules the softmax over output "
+                "capsules is always 1 and routing would be a no-op; use model.n_caps>=2 (paper: 10)"
+            )
+        for name in ("latent_dim", "conv1_channels", "conv1_kernel", "primary_kernel",
+                     "primary_channels", "primary_dim", "caps_dim", "dense"):
+            _positive("model", name, getattr(self, name), 1, strict=False)
+        if len(self.g_widths) < 3 or min(self.g_widths) < 1:
+            raise ConfigError("model.g_widths must list at least 3 positive widths (paper: 128, 64, 32, 3)")
+        if len(self.d_widths) != 4 or min(self.d_widths) < 1:
+            raise ConfigError("model.d_widths must list 4 positive widths (the 5th conv gives the logit)")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    gan: str = "bce"
+    """bce (the paper) | margin (capsule margin loss on D's probability)."""
+    generator: str = "nonsaturating"
+    """nonsaturating (-log D(G(z))) | minimax (the paper's log(1 - D(G(z))))."""
+    m_pos: float = 0.9
+    """Margin loss m+ (Sabour et al.)."""
+    m_neg: float = 0.1
+    """Margin loss m-."""
+    lam: float = 0.5
+    """Margin loss down-weighting of absent targets."""
+
+    def __post_init__(self) -> None:
+        _choice("loss", "gan", self.gan, ("bce", "margin"))
+        _choice("loss", "generator", self.generator, ("nonsaturating", "minimax"))
+        if not 0.0 <= self.m_neg < self.m_pos <= 1.0:
+            raise ConfigError("loss.m_neg and loss.m_pos must satisfy 0 <= m_neg < m_pos <= 1")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr_d: float = 2e-4
+    """Adam learning rate of D (paper: 2e-4)."""
+    lr_g: float = 2e-4
+    """Adam learning rate of G (paper: 2e-4)."""
+    beta1: float = 0.5
+    """Adam beta1 (DCGAN's 0.5)."""
+    beta2: float = 0.999
+    """Adam beta2."""
+    scale_lr: str = "none"
+    """Scale both learning rates with world size: none | linear | sqrt."""
+    grad_clip: float = 0.0
+    """Clip gradient norm to this value; 0 disables (also passed to DeepSpeed)."""
+
+    def __post_init__(self) -> None:
+        _positive("optim", "lr_d", self.lr_d)
+        _positive("optim", "lr_g", self.lr_g)
+        if not (0.0 <= self.beta1 < 1.0 and 0.0 <= self.beta2 < 1.0):
+            raise ConfigError("optim.beta1 and optim.beta2 must be in [0, 1)")
+        _choice("optim", "scale_lr", self.scale_lr, ("none", "linear", "sqrt"))
+        _positive("optim", "grad_clip", self.grad_clip, 0, strict=False)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 10000
+    """Total updates. Alternate schedule: one step = one D or one G update (paper: 10,000)."""
+    batch_real: int = 16
+    """Real images per device in a D batch (paper: 16)."""
+    batch_fake: int = 16
+    """Generated images per device in a D batch (paper: 16); a G step uses real+fake noise."""
+    schedule: str = "alternate"
+    """alternate (paper: D on even steps, G on odd) | both (D then G every step)."""
+    mixed_precision: str = "no"
+    """no | bf16 | fp16 (fp16 uses loss scaling)."""
+    log_every: int = 10
+    """Steps between metric rows (reduced across ranks)."""
+    sample_every: int = 500
+    """Steps between fixed-noise sample grids."""
+    checkpoint_every: int = 1000
+    """Steps between checkpoints (one is always written at the end)."""
+    keep_checkpoints: int = 3
+    """Keep the newest K checkpoints."""
+    n_samples: int = 64
+    """Images in the fixed-noise grid."""
+    out_dir: str = "runs"
+    """Parent folder of run folders."""
+    run_dir: Optional[str] = None
+    """Exact run folder; default `<out_dir>/<name>-<time>`."""
+    max_nonfinite: int = 10
+    """Stop after this many non-finite steps in a row (each one is skipped)."""
+    progress: bool = True
+    """Progress bar on the main process."""
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_real", "batch_fake", "log_every", "sample_every",
+                     "checkpoint_every", "keep_checkpoints", "n_samples", "max_nonfinite"):
+            _positive("train", name, getattr(self, name), 1, strict=False)
+        _choice("train", "schedule", self.schedule, ("alternate", "both"))
+        _choice("train", "mixed_precision", self.mixed_precision, ("no", "bf16", "fp16"))
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    backend: str = "wandb"
+    """wandb | local | none (metrics.jsonl and curves.png are written in every case)."""
+    mode: str = "offline"
+    """W&B mode: offline | online (online needs a key; without one we fall back to offline)."""
+    project: str = "capsgan-dist"
+    """W&B project."""
+    entity: Optional[str] = None
+    """W&B entity (team or user)."""
+    group: Optional[str] = None
+    """W&B group (sweeps put all their trials in one group)."""
+    tags: list[str] = field(default_factory=list)
+    """W&B tags."""
+    notes: Optional[str] = None
+    """W&B notes."""
+    grid_every: int = 500
+    """Steps between per-rank sample grids gathered from all ranks."""
+
+    def __post_init__(self) -> None:
+        _choice("tracking", "backend", self.backend, ("wandb", "local", "none"))
+        _choice("tracking", "mode", self.mode, ("offline", "online"))
+        _positive("tracking", "grid_every", self.grid_every, 1, strict=False)
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str = "capsgan"
+    """Run name (prefix of the run folder, W&B run name)."""
+    seed: int = 0
+    """Seed for weights, data order and noise."""
+    resume: str = "none"
+    """none | auto (continue from the newest valid checkpoint in train.run_dir)."""
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def __post_init__(self) -> None:
+        _choice("", "resume", self.resume, ("none", "auto"))
+
+
+def _known_keys(cls: type, prefix: str = "") -> list[str]:
+    keys = []
+    for name, typ in typing.get_type_hints(cls).items():
+        keys.append(prefix + name)
+        if dataclasses.is_dataclass(typ):
+            keys += _known_keys(typ, f"{prefix}{name}.")
+    return keys
+
+
+def _explain(err: OmegaConfBaseException, where: str) -> ConfigError:
+    key = getattr(err, "full_key", None) or ""
+    if isinstance(err, ConfigKeyError) or "not in" in str(err):
+        near = difflib.get_close_matches(key, _known_keys(Config), n=1, cutoff=0.6)
+        hint = f"; did you mean '{near[0]}'?" if near else "; run with --dry-run to list the keys"
+        return ConfigError(f"unknown config key '{key}' in {where}{hint}")
+    if isinstance(err, ValidationError):
+        msg = str(err).splitlines()[0]
+        return ConfigError(f"wrong type for '{key}' in {where}: {msg}")
+    return ConfigError(f"invalid config in {where}: {str(err).splitlines()[0]}")
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist; presets are in configs/")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"YAML syntax error in {path}{line}: {problem}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of config sections, got {type(data).__name__}")
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Build a validated Config from defaults, an optional YAML file and dotted overrides."""
+    base = OmegaConf.structured(Config)
+    layers: list[tuple[Any, str]] = []
+    if path is not None:
+        layers.append((OmegaConf.create(_read_yaml(Path(path))), str(path)))
+    for ov in overrides:
+        if "=" not in ov:
+            raise ConfigError(f"override '{ov}' must look like key=value, e.g. optim.lr_d=1e-4")
+        try:
+            layers.append((OmegaConf.from_dotlist([ov]), f"override '{ov}'"))
+        except OmegaConfBaseException as e:
+            raise ConfigError(f"cannot parse override '{ov}': {str(e).splitlines()[0]}") from None
+    for layer, where in layers:
+        try:
+            base = OmegaConf.merge(base, layer)
+        except OmegaConfBaseException as e:
+            raise _explain(e, where) from None
+    try:
+        return OmegaConf.to_object(base)
+    except OmegaConfBaseException as e:
+        raise _explain(e, "the merged config") from None
+
+
+def to_dict(cfg: Config) -> dict:
+    """The config as plain nested dicts (for YAML, W&B and hashing)."""
+    return dataclasses.asdict(cfg)
+
+
+def to_yaml(cfg: Config) -> str:
+    """The config as YAML text that `load_config` reads back."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def model_hash(cfg: Config) -> str:
+    """Hash of everything that decides parameter shapes; checkpoints must match it."""
+    shape_keys = {"model": to_dict(cfg)["model"], "image_size": cfg.data.image_size,
+                  "channels": cfg.data.channels}
+    return hashlib.sha256(json.dumps(shape_keys, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def replace(cfg: Config, **sections: dict) -> Config:
+    """Copy `cfg` with some fields of some sections changed, e.g. replace(cfg, train={"steps": 5})."""
+    changes = {}
+    for name, values in sections.items():
+        current = getattr(cfg, name)
+        changes[name] = dataclasses.replace(current, **values) if dataclasses.is_dataclass(current) else values
+    return dataclasses.replace(cfg, **changes)

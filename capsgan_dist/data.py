@@ -1,0 +1,143 @@
+"""Datasets as (N, C, H, W) float tensors in [-1, 1], and a deterministic shuffling sampler.
+
+Registry: synthetic (procedural, any size), idx (a folder of IDX .gz files), and mnist,
+fashion_mnist, cifar10 through torchvision (which downloads only when the machine is online).
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import struct
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from capsgan_dist.config import DataConfig
+from capsgan_dist.errors import DataError
+
+HOW_TO_GET = (
+    "get the data: MNIST test digits are in ../shared/data/mnist (use data.name=idx "
+    "data.root=../shared/data/mnist), Fashion-MNIST via `apt-get install dataset-fashion-mnist` "
+    "(data.name=idx data.root=/usr/share/datasets/fashion-mnist); online machines can use "
+    "data.name=mnist|fashion_mnist|cifar10 data.root=<download folder>"
+)
+
+
+class TensorImages(Dataset):
+    """Images held in memory as one uint8 tensor (N, C, H, W); items are float in [-1, 1]."""
+
+    def __init__(self, images: torch.Tensor):
+        self.images = images
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.images[i].float().div_(127.5).sub_(1.0)
+
+
+def synthetic_images(n: int, size: int, channels: int, seed: int = 1234) -> torch.Tensor:
+    """Deterministic procedural images: a bright ring of random centre/radius plus a bar, uint8."""
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    cx, cy = (torch.rand(n, 1, 1, generator=g) * 0.4 + 0.3) * size, (torch.rand(n, 1, 1, generator=g) * 0.4 + 0.3) * size
+    r = (torch.rand(n, 1, 1, generator=g) * 0.15 + 0.15) * size
+    dist = torch.sqrt((xx - cx) ** 2 + (yy - cy) ** 2)
+    ring = torch.exp(-((dist - r) ** 2) / (2 * (0.06 * size) ** 2))
+    bar_x = (torch.rand(n, 1, 1, generator=g) * 0.6 + 0.2) * size
+    bar = torch.exp(-((xx - bar_x) ** 2) / (2 * (0.04 * size) ** 2)) * (yy > size * 0.5)
+    img = torch.clamp(ring + 0.7 * bar, 0, 1)  # (n, H, W)
+    tint = torch.rand(n, channels, 1, 1, generator=g) * 0.5 + 0.5 if channels > 1 else torch.ones(n, 1, 1, 1)
+    return (img.unsqueeze(1) * tint * 255).round().to(torch.uint8)
+
+
+def read_idx_images(path: Path) -> torch.Tensor:
+    """Read an IDX3 image file (optionally .gz) into a uint8 tensor (N, 1, H, W)."""
+    opener: Callable = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            magic, n, h, w = struct.unpack(">IIII", f.read(16))
+            if magic != 2051:
+                raise DataError(f"{path} is not an IDX image file (magic {magic}, expected 2051)")
+            raw = f.read()
+    except (OSError, EOFError, struct.error) as e:
+        raise DataError(f"cannot read {path}: {e}; the file is corrupt or truncated, fetch it again") from None
+    if len(raw) != n * h * w:
+        raise DataError(f"{path} is truncated: header says {n} images of {h}x{w}, file holds "
+                        f"{len(raw)} of {n * h * w} bytes; fetch it again")
+    return torch.from_numpy(np.frombuffer(raw, dtype=np.uint8).copy()).view(n, 1, h, w)
+
+
+def _idx_file(root: Path, split: str) -> Path:
+    if not root.is_dir():
+        raise DataError(f"data.root {root} is not a folder; {HOW_TO_GET}")
+    prefixes = {"train": ["train"], "test": ["t10k"], "auto": ["train", "t10k"]}[split]
+    for prefix in prefixes:
+        for suffix in (".gz", ""):
+            p = root / f"{prefix}-images-idx3-ubyte{suffix}"
+            if p.is_file():
+                return p
+    want = " or ".join(f"{p}-images-idx3-ubyte[.gz]" for p in prefixes)
+    raise DataError(f"no {want} in {root}; {HOW_TO_GET}")
+
+
+def _torchvision(cfg: DataConfig) -> torch.Tensor:
+    import torchvision.datasets as tvd
+
+    cls = {"mnist": tvd.MNIST, "fashion_mnist": tvd.FashionMNIST, "cifar10": tvd.CIFAR10}[cfg.name]
+    root = cfg.root or "data"
+    train = cfg.split != "test"
+    try:
+        ds = cls(root, train=train, download=True)
+    except Exception as e:  # torchvision raises many kinds here (URLError, RuntimeError, ...)
+        raise DataError(f"cannot load {cfg.name} from {root} or download it ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0] if str(e) else ''}); {HOW_TO_GET}") from None
+    data = torch.as_tensor(np.asarray(ds.data))
+    return data.permute(0, 3, 1, 2).contiguous() if data.ndim == 4 else data.unsqueeze(1)
+
+
+def load_images(cfg: DataConfig, seed: int = 1234) -> torch.Tensor:
+    """The configured dataset as uint8 (N, C, H, W), checked against the model's size and channels."""
+    if cfg.name == "synthetic":
+        return synthetic_images(cfg.synthetic_size, cfg.image_size, cfg.channels, seed)
+    if cfg.name == "idx":
+        images = read_idx_images(_idx_file(Path(cfg.root), cfg.split))
+    else:
+        images = _torchvision(cfg)
+    _, c, h, w = images.shape
+    if (c, h, w) != (cfg.channels, cfg.image_size, cfg.image_size):
+        raise DataError(
+            f"{cfg.name} images are {c}x{h}x{w} (CxHxW) but the model is configured for "
+            f"{cfg.channels}x{cfg.image_size}x{cfg.image_size}; set data.channels={c} data.image_size={h}")
+    return images
+
+
+def build_dataset(cfg: DataConfig, seed: int = 1234) -> TensorImages:
+    """The configured dataset, images in [-1, 1]."""
+    return TensorImages(load_images(cfg, seed))
+
+
+class EpochShuffle(Sampler[int]):
+    """Shuffles with a permutation that depends only on (seed, epoch), so resumes replay it exactly."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def batches_per_epoch(n: int, batch: int, world: int) -> int:
+    """Full batches each rank gets per epoch when `world` ranks split n items (drop_last)."""
+    return math.floor(n / (batch * world))

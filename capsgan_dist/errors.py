@@ -1,0 +1,27 @@
+"""Errors that mean "the user gave us bad input" (config, data, checkpoint, paths).
+
+The CLI turns these into one clear line and exit code 2; anything else is a bug and keeps its
+traceback.
+"""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """Bad input: the message says what is wrong, where, and how to fix it."""
+
+
+class ConfigError(UserError):
+    """A config file or override is invalid."""
+
+
+class DataError(UserError):
+    """A dataset is missing, corrupt or does not fit the model config."""
+
+
+class CheckpointError(UserError):
+    """A checkpoint is missing, corrupt or from a different model config."""
+
+
+class NonFiniteError(RuntimeError):
+    """Training produced too many non-finite losses or gradients in a row."""

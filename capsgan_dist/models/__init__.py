@@ -1,0 +1,54 @@
+"""Model builders: the generator and both discriminators, built from a Config."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from capsgan_dist.config import Config
+from capsgan_dist.models.discriminators import CapsuleDiscriminator, ConvDiscriminator
+from capsgan_dist.models.generators import Generator
+
+
+def build_generator(cfg: Config) -> Generator:
+    """The DCGAN-style generator for cfg's image size and channels."""
+    m = cfg.model
+    return Generator(m.latent_dim, cfg.data.image_size, cfg.data.channels, tuple(m.g_widths),
+                     m.g_batchnorm)
+
+
+def build_discriminator(cfg: Config) -> nn.Module:
+    """The capsule discriminator, or the DCGAN conv baseline when model.discriminator=conv."""
+    m, d = cfg.model, cfg.data
+    if m.discriminator == "conv":
+        return ConvDiscriminator(d.image_size, d.channels, tuple(m.d_widths))
+    return CapsuleDiscriminator(d.image_size, d.channels, m.conv1_channels, m.conv1_kernel,
+                                m.primary_kernel, m.primary_channels, m.primary_dim, m.n_caps,
+                                m.caps_dim, m.routing_iters, m.routing_grad, m.dense)
+
+
+def count_params(model: nn.Module) -> int:
+    """Trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def forward_flops(model: nn.Module, example: torch.Tensor) -> int:
+    """FLOPs of one forward pass per item of `example`'s batch (matmuls, convs, einsums)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(example)
+    return counter.get_total_flops() // example.shape[0]
+
+
+def model_summary(cfg: Config) -> dict[str, int]:
+    """Parameter counts and forward FLOPs per image of G and D (a training step is ~3x forward)."""
+    G, D = build_generator(cfg), build_discriminator(cfg)
+    z = torch.randn(2, cfg.model.latent_dim)
+    x = torch.zeros(2, cfg.data.channels, cfg.data.image_size, cfg.data.image_size)
+    return {"params_g": count_params(G), "params_d": count_params(D),
+            "flops_g": forward_flops(G, z), "flops_d": forward_flops(D, x)}
+
+
+__all__ = ["CapsuleDiscriminator", "ConvDiscriminator", "Generator", "build_generator",
+           "build_discriminator", "count_params", "forward_flops", "model_summary"]

@@ -1,0 +1,54 @@
+"""Discriminators: the capsule network of CapsuleGAN and the DCGAN conv baseline. Both return logits (B,)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from capsgan_dist.models.capsules import PrimaryCaps, RoutedCaps, conv_out
+
+
+class CapsuleDiscriminator(nn.Module):
+    """Conv(256)+PReLU -> PrimaryCaps (stride 2) -> routed capsules -> flatten -> Dense(64) -> Dense(1)."""
+
+    def __init__(self, image_size: int = 28, channels: int = 1, conv1_channels: int = 256,
+                 conv1_kernel: int = 9, primary_kernel: int = 7, primary_channels: int = 32,
+                 primary_dim: int = 8, n_caps: int = 10, caps_dim: int = 16, routing_iters: int = 3,
+                 routing_grad: str = "all", dense: int = 64):
+        super().__init__()
+        h1 = conv_out(image_size, conv1_kernel)
+        h2 = conv_out(h1, primary_kernel, stride=2)
+        if h2 < 1:
+            raise ValueError(
+                f"image size {image_size} is too small for conv1 kernel {conv1_kernel} and primary "
+                f"kernel {primary_kernel}; use smaller kernels")
+        self.conv1 = nn.Conv2d(channels, conv1_channels, conv1_kernel)
+        self.act1 = nn.PReLU(conv1_channels)
+        self.primary = PrimaryCaps(conv1_channels, primary_channels, primary_dim, primary_kernel)
+        self.n_in = primary_channels * h2 * h2
+        self.caps = RoutedCaps(self.n_in, primary_dim, n_caps, caps_dim, routing_iters, routing_grad)
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(n_caps * caps_dim, dense),
+                                  nn.LeakyReLU(0.2), nn.Linear(dense, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        u = self.primary(self.act1(self.conv1(x)))  # (B, n_in, primary_dim)
+        v = self.caps(u)  # (B, n_caps, caps_dim)
+        return self.head(v).squeeze(-1)  # (B,) logits; sigmoid lives in the loss
+
+
+class ConvDiscriminator(nn.Module):
+    """DCGAN baseline: 4 strided 3x3 convs with LeakyReLU, then a 5th conv over the map -> logit."""
+
+    def __init__(self, image_size: int = 28, channels: int = 1,
+                 widths: tuple[int, ...] = (64, 128, 256, 512)):
+        super().__init__()
+        layers: list[nn.Module] = []
+        size, c_in = image_size, channels
+        for w, stride in zip(widths, (2, 2, 2, 1)):
+            layers += [nn.Conv2d(c_in, w, 3, stride=stride, padding=1), nn.LeakyReLU(0.2)]
+            size, c_in = conv_out(size, 3, stride, 1), w
+        layers.append(nn.Conv2d(c_in, 1, size))  # 5th conv covers the whole remaining map
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).flatten()  # (B,)

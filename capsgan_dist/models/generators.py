@@ -1,0 +1,40 @@
+"""DCGAN-style generator of the paper: 100-D latent -> image, 3x3 kernels, LeakyReLU, tanh."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class Generator(nn.Module):
+    """Dense to (w0, S/4, S/4), conv w0, two x2 transposed convs, remaining convs, conv to C, tanh.
+
+    With widths (128, 64, 32, 3) and C=1 the five convs have the paper's 128, 64, 32, 3, 1 kernels.
+    """
+
+    def __init__(self, latent_dim: int = 100, image_size: int = 28, channels: int = 1,
+                 widths: tuple[int, ...] = (128, 64, 32, 3), batchnorm: bool = False):
+        super().__init__()
+        if image_size % 4 or len(widths) < 3:
+            raise ValueError(f"need image_size divisible by 4 and >= 3 widths, got {image_size}, {widths}")
+        self.latent_dim, self.s0, self.w0 = latent_dim, image_size // 4, widths[0]
+        self.fc = nn.Linear(latent_dim, widths[0] * self.s0 * self.s0)
+
+        def block(conv: nn.Module, width: int) -> list[nn.Module]:
+            return [conv] + ([nn.BatchNorm2d(width)] if batchnorm else []) + [nn.LeakyReLU(0.2)]
+
+        layers: list[nn.Module] = block(nn.Conv2d(widths[0], widths[0], 3, padding=1), widths[0])
+        c_in = widths[0]
+        for i, w in enumerate(widths[1:]):
+            if i < 2:  # the first two go up x2 each: S/4 -> S/2 -> S
+                conv = nn.ConvTranspose2d(c_in, w, 3, stride=2, padding=1, output_padding=1)
+            else:
+                conv = nn.Conv2d(c_in, w, 3, padding=1)
+            layers += block(conv, w)
+            c_in = w
+        layers += [nn.Conv2d(c_in, channels, 3, padding=1), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = self.fc(z).view(-1, self.w0, self.s0, self.s0)
+        return self.net(nn.functional.leaky_relu(h, 0.2))  # (B, C, S, S) in [-1, 1]

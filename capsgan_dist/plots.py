@@ -1,0 +1,69 @@
+"""Pictures of a run: sample grids, loss/accuracy curves (paper Figs. 8-9) and the training GIF (Fig. 11)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torchvision.utils import make_grid, save_image
+
+
+def save_grid(images: torch.Tensor, path: Path, nrow: int = 8) -> None:
+    """Save images in [-1, 1] as one PNG grid."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(images.float().cpu(), path, nrow=nrow, normalize=True, value_range=(-1, 1))
+
+
+def grid_tensor(images: torch.Tensor, nrow: int = 8) -> torch.Tensor:
+    """A (3, H, W) uint8 grid of images in [-1, 1] (for trackers)."""
+    g = make_grid(images.float().cpu(), nrow=nrow, normalize=True, value_range=(-1, 1))
+    return (g * 255).round().to(torch.uint8)
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """Rows of a metrics.jsonl file; a torn last line (crash mid-write) is ignored."""
+    rows = []
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return rows
+
+
+def plot_curves(metrics_path: Path, out: Path) -> None:
+    """D loss and accuracy, G loss and D(x)/D(G(z)) over steps, one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_metrics(metrics_path)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    panels = [("Discriminator", ["loss_d", "acc_d"]), ("Generator", ["loss_g"]),
+              ("D outputs", ["d_real", "d_fake"])]
+    for ax, (title, keys) in zip(axes, panels):
+        for k in keys:
+            pts = [(r["step"], r[k]) for r in rows if k in r]
+            if pts:
+                ax.plot(*zip(*pts), label=k)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.legend(loc="best")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+def make_gif(frames: list[Path], out: Path, ms_per_frame: int = 300) -> None:
+    """Animated GIF of the fixed-noise sample grids in step order."""
+    from PIL import Image
+
+    if not frames:
+        return
+    images = [Image.open(p).convert("P") for p in frames]
+    images[0].save(out, save_all=True, append_images=images[1:], duration=ms_per_frame, loop=0)

@@ -1,0 +1,46 @@
+"""Sampling from a finished (or running) run's newest valid checkpoint, on one process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from capsgan_dist import checkpoint, plots
+from capsgan_dist.config import load_config, model_hash
+from capsgan_dist.errors import CheckpointError, UserError
+from capsgan_dist.models import build_generator
+from capsgan_dist.models.generators import Generator
+
+
+def load_generator(run_dir: Path) -> tuple[Generator, Path]:
+    """G with the weights of the run's newest valid checkpoint, and that checkpoint's path."""
+    cfg_path = run_dir / "config.yaml"
+    if not cfg_path.is_file():
+        raise UserError(f"{run_dir} has no config.yaml; pass the folder of a training run")
+    cfg = load_config(cfg_path)
+    found = checkpoint.latest_valid(run_dir / "checkpoints")
+    if found is None:
+        raise CheckpointError(f"no valid checkpoint in {run_dir / 'checkpoints'}")
+    path, manifest = found
+    if manifest["model_hash"] != model_hash(cfg):
+        raise CheckpointError(f"{path} does not match {cfg_path} (different model config)")
+    G = build_generator(cfg)
+    weights = path / "G" / "model.safetensors"
+    if not weights.is_file():  # DeepSpeed checkpoints keep weights in their own format
+        raise CheckpointError(f"{weights} not found; sampling reads Accelerate's safetensors checkpoints")
+    G.load_state_dict(load_file(str(weights)))
+    return G.eval(), path
+
+
+def sample_from_run(run_dir: Path, n: int, out: Path, seed: int = 0) -> Path:
+    """Write a grid of n samples from the run's generator to `out`."""
+    if n < 1:
+        raise UserError(f"--n must be >= 1, got {n}")
+    G, _ = load_generator(run_dir)
+    z = torch.randn(n, G.latent_dim, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        images = G(z)
+    plots.save_grid(images, out)
+    return out
