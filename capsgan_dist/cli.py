@@ -17,10 +17,15 @@ def _train(args: argparse.Namespace) -> int:
 
     overrides = list(args.overrides)
     path = args.config
+    if path and "=" in path:  # `capsgan train --resume RUN a.b=1`: no config, only overrides
+        overrides.insert(0, path)
+        path = None
     if args.resume:
         run = Path(args.resume)
         if not (run / "config.yaml").is_file():
             raise UserError(f"--resume {run}: no config.yaml there; pass the folder of an earlier run")
+        if path is not None:
+            raise UserError("--resume RUN_DIR uses the run's own config.yaml; drop the CONFIG argument")
         path = run / "config.yaml"
         overrides += [f"train.run_dir={run}", "resume=auto"]
     elif path is None:

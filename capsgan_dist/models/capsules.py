@@ -73,7 +73,10 @@ class RoutedCaps(nn.Module):
                 f"RoutedCaps needs at least 2 output capsules (got {n_out}): with one, the softmax "
                 "over outputs is always 1 and routing would be a no-op")
         self.iterations, self.grad = iterations, grad
-        self.weight = nn.Parameter(0.01 * torch.randn(n_in, n_out, d_out, d_in))
+        # The common 0.01 init leaves |s_j| ~ 1e-3, where squash ~ |s|^2 kills the signal and D
+        # starts blind; this scale gives routed capsules lengths of ~0.1-0.5 at init instead.
+        std = 4.0 * n_out / (n_in * d_out) ** 0.5
+        self.weight = nn.Parameter(std * torch.randn(n_in, n_out, d_out, d_in))
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         u_hat = torch.einsum("ijed,bid->bije", self.weight, u)  # (B, n_in, n_out, d_out), eq. 2

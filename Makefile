@@ -1,0 +1,9 @@
+.PHONY: install test lint debug
+install:  ## create .venv and install everything (plus SLURM/Chromium/Fashion-MNIST when root)
+	bash scripts/install.sh
+test:     ## the full test suite
+	bash scripts/test.sh
+lint:
+	.venv/bin/ruff check capsgan_dist tests benchmarks
+debug:    ## a seconds-long training run on synthetic data
+	.venv/bin/capsgan train configs/debug.yaml

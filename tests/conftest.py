@@ -1,0 +1,49 @@
+"""Shared test helpers: run the real CLI in subprocesses (1 process, or N with torchrun)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DEBUG_CONFIG = REPO / "configs" / "debug.yaml"
+SHARED = REPO.parent / "shared"
+MNIST_DIR = SHARED / "data" / "mnist"
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    """Environment for child processes: this checkout first on the path, W&B offline, 1 thread each."""
+    env = dict(os.environ)
+    env.update(PYTHONPATH=str(REPO), WANDB_MODE="offline", WANDB_SILENT="true", OMP_NUM_THREADS="1",
+               RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1")
+    env.update(extra)
+    return env
+
+
+def run_capsgan(*args: str, nproc: int = 1, timeout: float = 300, check: bool = True,
+                env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run `capsgan ARGS` (under torchrun with `nproc` CPU processes when nproc > 1)."""
+    if nproc == 1:
+        cmd = [sys.executable, "-m", "capsgan_dist", *args]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "capsgan_dist", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env or cli_env(),
+                          cwd=cwd or REPO)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\n"
+                             f"stderr:\n{proc.stderr[-5000:]}")
+    return proc
+
+
+@pytest.fixture
+def mnist_dir() -> Path:
+    """The 10,000 real MNIST test digits (../shared/data/mnist); skips where they are absent."""
+    if not (MNIST_DIR / "t10k-images-idx3-ubyte.gz").is_file():
+        pytest.skip(f"real MNIST not found at {MNIST_DIR} (see ../shared/data/README.md)")
+    return MNIST_DIR
