@@ -9,8 +9,8 @@ from __future__ import annotations
 import gzip
 import math
 import struct
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import torch

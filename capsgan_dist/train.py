@@ -10,9 +10,9 @@ import json
 import math
 import signal
 import time
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Callable, Iterator
 
 import torch
 from accelerate.utils import broadcast_object_list
@@ -41,7 +41,7 @@ class StopFlag:
         self.raised: int | None = None
         self._old = {}
 
-    def __enter__(self) -> "StopFlag":
+    def __enter__(self) -> StopFlag:
         for s in _SIGNALS:
             try:
                 self._old[s] = signal.signal(s, self._handle)
