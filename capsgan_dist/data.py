@@ -44,7 +44,8 @@ def synthetic_images(n: int, size: int, channels: int, seed: int = 1234) -> torc
     """Deterministic procedural images: a bright ring of random centre/radius plus a bar, uint8."""
     g = torch.Generator().manual_seed(seed)
     yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
-    cx, cy = (torch.rand(n, 1, 1, generator=g) * 0.4 + 0.3) * size, (torch.rand(n, 1, 1, generator=g) * 0.4 + 0.3) * size
+    cx = (torch.rand(n, 1, 1, generator=g) * 0.4 + 0.3) * size
+    cy = (torch.rand(n, 1, 1, generator=g) * 0.4 + 0.3) * size
     r = (torch.rand(n, 1, 1, generator=g) * 0.15 + 0.15) * size
     dist = torch.sqrt((xx - cx) ** 2 + (yy - cy) ** 2)
     ring = torch.exp(-((dist - r) ** 2) / (2 * (0.06 * size) ** 2))
