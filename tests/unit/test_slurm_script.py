@@ -74,6 +74,12 @@ def test_one_torchrun_per_node_with_rendezvous_and_usr1_forwarding():
     assert "-m capsgan_dist train configs/debug.yaml" in cmd
 
 
+def test_extra_srun_options_run_the_job_in_a_container():
+    cmd = _command(CAPSGAN_SRUN_ARGS="--container-image=capsgan.sqsh --container-mounts=/data:/data",
+                   CAPSGAN_PYTHON="python")
+    assert "--kill-on-bad-exit=1 --container-image=capsgan.sqsh --container-mounts=/data:/data python -m " in cmd
+
+
 def test_same_arguments_give_the_same_run_dir_and_resume_auto():
     a = _command("train.steps=50", SLURM_SUBMIT_DIR="/shared/exp")
     b = _command("train.steps=50", SLURM_SUBMIT_DIR="/shared/exp")
