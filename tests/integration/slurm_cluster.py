@@ -162,8 +162,22 @@ class SlurmCluster:
             parts.append(f"--- {p.name}\n{p.read_text(errors='replace')[-tail:]}")
         return "\n".join(parts)
 
+    def cancel_all(self, timeout: float = 60) -> None:
+        """Cancel every job still queued or running (a failed test must not leave training processes)."""
+        ids = self.run("squeue", "-h", "-o", "%i", check=False).stdout.split()
+        if not ids:
+            return
+        self.run("scancel", *ids, check=False)
+        deadline = time.monotonic() + timeout
+        while self.run("squeue", "-h", "-o", "%i", check=False).stdout.split() and time.monotonic() < deadline:
+            time.sleep(0.25)
+
     def stop(self) -> None:
-        """Stop the daemons by their PID files (SIGTERM, then SIGKILL after 20 s) and remove the folder."""
+        """Cancel jobs, stop the daemons by their PID files (SIGTERM, SIGKILL after 20 s), remove the folder."""
+        try:
+            self.cancel_all()
+        except (OSError, subprocess.SubprocessError):
+            pass  # the controller may already be gone; stop the daemons anyway
         pids = [p for p in (_pid(f) for f in self.pid_files) if p]
         for pid in pids:
             try:

@@ -72,7 +72,7 @@ def test_sbatch_two_nodes_trains_with_world_size_2(slurm_cluster: SlurmCluster, 
 
 
 def test_preempted_job_checkpoints_exits_75_and_resubmission_resumes(slurm_cluster: SlurmCluster, tmp_path: Path):
-    steps = 200
+    steps = 120
     # No train.run_dir: the script derives a fixed one from the arguments, so resubmitting resumes.
     args = (str(SCRIPT), str(DEBUG_CONFIG), f"train.steps={steps}", "train.log_every=5",
             "train.checkpoint_every=100000", "train.sample_every=100000", "tracking.grid_every=100000")
