@@ -6,6 +6,7 @@ training, and `capsgan report` writes a self-contained HTML page that headless C
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -43,6 +44,7 @@ def _inspect(offline_run: Path, *flags: str) -> str:
                           capture_output=True, text=True, timeout=60, check=True).stdout
 
 
+@functools.cache
 def _history(offline_run: Path) -> dict[int, dict]:
     """History rows by step (the record stream holds one JSON object per line)."""
     records = [json.loads(line) for line in _inspect(offline_run).splitlines() if line.strip()]
