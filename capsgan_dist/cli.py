@@ -54,6 +54,16 @@ def _sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from capsgan_dist.report import save_wandb_report, write_html
+
+    out = write_html([Path(d) for d in args.runs], Path(args.out), args.title)
+    print(f"wrote {out}")
+    if args.wandb:
+        print(f"W&B report: {save_wandb_report([Path(d) for d in args.runs], args.title, args.entity, args.project)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="capsgan", description="CapsuleGAN training, distributed.")
     p.add_argument("--debug", action="store_true", help="show full tracebacks for bad input")
@@ -72,6 +82,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="grid.png", help="output PNG")
     s.add_argument("--seed", type=int, default=0, help="noise seed")
     s.set_defaults(fn=_sample)
+
+    r = sub.add_parser("report", help="one self-contained HTML report of runs (and a W&B Report with --wandb)")
+    r.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders")
+    r.add_argument("--out", default="report.html", help="output HTML file")
+    r.add_argument("--title", default="CapsuleGAN runs", help="report title")
+    r.add_argument("--wandb", action="store_true", help="also create a W&B Report (needs a key and network)")
+    r.add_argument("--entity", help="W&B entity for --wandb (default: the runs' tracking.entity)")
+    r.add_argument("--project", help="W&B project for --wandb (default: the runs' tracking.project)")
+    r.set_defaults(fn=_report)
     return p
 
 

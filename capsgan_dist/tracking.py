@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -52,11 +53,9 @@ class WandbTracker(NullTracker):
         import wandb
 
         t = cfg.tracking
-        mode = os.environ.get("WANDB_MODE") or t.mode
-        if mode == "online" and not _has_wandb_key():
-            warnings.warn("tracking.mode=online but no W&B API key is set (WANDB_API_KEY or "
-                          "`wandb login`); logging offline instead", stacklevel=2)
-            mode = "offline"
+        mode, why = resolve_mode(t.mode, os.environ.get("WANDB_MODE"), _has_wandb_key)
+        if why:
+            warnings.warn(why, stacklevel=2)
         self._wandb = wandb
         self.run = wandb.init(project=t.project, entity=t.entity, group=t.group, tags=list(t.tags),
                               notes=t.notes, name=run_dir.name, dir=str(run_dir), mode=mode,
@@ -64,8 +63,8 @@ class WandbTracker(NullTracker):
         (run_dir / "wandb_id.txt").write_text(self.run.id)
         self._broken = False
 
-    def _safely(self, fn, *args, **kwargs) -> None:
-        if self._broken:
+    def _safely(self, fn, *args, force: bool = False, **kwargs) -> None:
+        if self._broken and not force:
             return
         try:
             fn(*args, **kwargs)
@@ -82,7 +81,7 @@ class WandbTracker(NullTracker):
         self._safely(lambda: self.run.log({key: self._wandb.Image(img, caption=caption)}, step=step))
 
     def finish(self) -> None:
-        self._safely(self.run.finish)
+        self._safely(self.run.finish, force=True)  # even after a failed log: flush what was logged
 
 
 class Trackers(NullTracker):
@@ -104,11 +103,67 @@ class Trackers(NullTracker):
             t.finish()
 
 
+def resolve_mode(config_mode: str, env_mode: str | None, has_key: Callable[[], bool]) -> tuple[str, str | None]:
+    """The W&B mode to use (WANDB_MODE beats tracking.mode) and, if we fell back to offline, why."""
+    mode = env_mode or config_mode
+    if mode == "dryrun":  # W&B's old spelling of offline
+        mode = "offline"
+    if mode == "online" and not has_key():
+        source = "WANDB_MODE=online" if env_mode else "tracking.mode=online"
+        return "offline", (f"{source} but no W&B API key is set (WANDB_API_KEY, `wandb login` or a "
+                           "netrc entry); logging offline instead (upload later with `wandb sync`)")
+    return mode, None
+
+
 def _has_wandb_key() -> bool:
-    if os.environ.get("WANDB_API_KEY"):
+    """True if W&B would find credentials: the environment, or a netrc entry for the W&B host."""
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
         return True
-    netrc = Path.home() / ".netrc"
-    return netrc.is_file() and "api.wandb.ai" in netrc.read_text()
+    host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
+    try:
+        from wandb.sdk.lib.wbauth import read_netrc_auth  # where wandb 0.31 reads ~/.netrc / $NETRC
+
+        return bool(read_netrc_auth(host=host))
+    except ImportError:  # an older or newer wandb: read the netrc file ourselves
+        netrc = Path(os.environ.get("NETRC") or Path.home() / ".netrc").expanduser()
+        return netrc.is_file() and host.split("//")[-1] in netrc.read_text()
+    except Exception:  # a malformed key in the netrc file: W&B would not log in with it either
+        return False
+
+
+def gpu_memory(dist: Any) -> dict[str, float]:
+    """Peak allocated and reserved GPU memory in GiB, the max over ranks ({} without a GPU).
+
+    Collective: every rank must call it (they all have a GPU or none does).
+    """
+    if dist.device.type != "cuda":
+        return {}
+    mine = torch.tensor([torch.cuda.max_memory_allocated(dist.device), torch.cuda.memory_reserved(dist.device)],
+                        dtype=torch.float64, device=dist.device) / 2**30
+    peak = dist.gather(mine[None]).amax(dim=0)  # (world, 2) -> (2,)
+    return {"gpu_mem_alloc_gb": peak[0].item(), "gpu_mem_reserved_gb": peak[1].item()}
+
+
+DEBUG_RANK_METRICS_ENV = "CAPSGAN_DEBUG_RANK_METRICS"
+
+
+def rank_metrics_recorder(run_dir: Path, rank: int) -> Callable[[int, dict[str, float]], None] | None:
+    """Debug hook: with CAPSGAN_DEBUG_RANK_METRICS=1, a function writing this rank's pre-reduction values.
+
+    Each call appends `{"step": ..., **values}` to `<run_dir>/debug/rank_metrics_<rank>.jsonl`, so a
+    test can check that the logged scalars are the reduction of what each rank computed. Off (None)
+    by default; it runs only at logging steps.
+    """
+    if os.environ.get(DEBUG_RANK_METRICS_ENV) != "1":
+        return None
+    path = run_dir / "debug" / f"rank_metrics_{rank}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    def record(step: int, values: dict[str, float]) -> None:
+        with open(path, "a") as f:
+            f.write(json.dumps({"step": step, **values}) + "\n")
+
+    return record
 
 
 def make_tracker(cfg: Any, run_dir: Path, run_config: dict, is_main: bool) -> NullTracker:

@@ -6,8 +6,10 @@ Everything that differs between one process, N GPUs, N nodes or DeepSpeed lives 
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+import os
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -25,7 +27,7 @@ from capsgan_dist.data import EpochShuffle, build_dataset
 from capsgan_dist.dist import Dist, noise, scaled_lr, setup
 from capsgan_dist.errors import CheckpointError, NonFiniteError, UserError
 from capsgan_dist.models import build_discriminator, build_generator
-from capsgan_dist.tracking import make_tracker
+from capsgan_dist.tracking import gpu_memory, make_tracker, rank_metrics_recorder
 
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: "stopped on a signal, checkpoint saved, resume me"
 _SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
@@ -146,8 +148,12 @@ def _train(cfg: Config, dist: Dist, require_checkpoint: bool,
     if dist.is_main:
         (run_dir / "config.yaml").write_text(to_yaml(cfg))
         _truncate_metrics(run_dir / "metrics.jsonl", start)
-    run_config = {**to_dict(cfg), "world_size": dist.world, **_environment()}
+    environment = {"world_size": dist.world, **_environment()}
+    if dist.is_main:
+        (run_dir / "environment.json").write_text(json.dumps(environment, indent=1))  # for `capsgan report`
+    run_config = {**to_dict(cfg), **environment}
     tracker = make_tracker(cfg, run_dir, run_config, dist.is_main)
+    record_rank = rank_metrics_recorder(run_dir, dist.rank)  # None unless CAPSGAN_DEBUG_RANK_METRICS=1
 
     real_batches = _real_batches(loader, dist, _d_updates_before(start, t.schedule))
     fixed_z = noise(t.n_samples, cfg.model.latent_dim, dist.device, cfg.seed, _FIXED_NOISE)
@@ -211,8 +217,10 @@ def _train(cfg: Config, dist: Dist, require_checkpoint: bool,
             bar.update(1)
 
             if done % t.log_every == 0 or done == t.steps:
-                last = _reduce_window(window, time.perf_counter() - t_window, dist, skipped)
+                last = _reduce_window(window, time.perf_counter() - t_window, dist, skipped,
+                                      record_rank and functools.partial(record_rank, done))
                 last["lr_d"], last["lr_g"] = opt_d.param_groups[0]["lr"], opt_g.param_groups[0]["lr"]
+                last.update(gpu_memory(dist))
                 tracker.log(done, last)
                 if on_log:
                     on_log(done, last)
@@ -221,7 +229,7 @@ def _train(cfg: Config, dist: Dist, require_checkpoint: bool,
             if done % t.sample_every == 0 or done == t.steps:
                 _save_samples(G, dist, fixed_z, run_dir, done, tracker)
             if done % cfg.tracking.grid_every == 0 or done == t.steps:
-                _log_rank_grid(G, dist, cfg, done, tracker)
+                _log_rank_grid(G, dist, cfg, done, tracker, run_dir)
             stop_now = dist.any(stop.raised is not None)
             if done % t.checkpoint_every == 0 or done == t.steps or stop_now:
                 checkpoint.save_checkpoint(dist, run_dir / "checkpoints", done, mhash, t.keep_checkpoints)
@@ -248,12 +256,16 @@ def _step(acc, model: torch.nn.Module, opt: torch.optim.Optimizer, clip: float) 
     return norm
 
 
-def _reduce_window(window: dict[str, list[float]], elapsed: float, dist: Dist, skipped: int) -> dict[str, float]:
+def _reduce_window(window: dict[str, list[float]], elapsed: float, dist: Dist, skipped: int,
+                   record: Callable[[dict[str, float]], None] | None = None) -> dict[str, float]:
     """Per-rank means over the log window, averaged over ranks; img/s summed over ranks."""
     images = sum(window.pop("images", [0.0]))
     means = {k: sum(v) / len(v) for k, v in window.items()}
+    img_s = images / max(elapsed, 1e-9)
+    if record:  # debug hook: this rank's values before the reduction
+        record({**means, "img_s": img_s})
     out = dist.mean(means)
-    out["img_s"] = dist.sum({"img_s": images / max(elapsed, 1e-9)})["img_s"]
+    out["img_s"] = dist.sum({"img_s": img_s})["img_s"]
     out["skipped_steps"] = float(skipped)
     return out
 
@@ -278,11 +290,12 @@ def _save_samples(G, dist: Dist, fixed_z: torch.Tensor, run_dir: Path, step: int
     tracker.log_image(step, "samples/fixed", plots.grid_tensor(images), f"fixed noise, step {step}")
 
 
-def _log_rank_grid(G, dist: Dist, cfg: Config, step: int, tracker, per_rank: int = 8) -> None:
+def _log_rank_grid(G, dist: Dist, cfg: Config, step: int, tracker, run_dir: Path, per_rank: int = 8) -> None:
     """Each rank samples from its own noise; the main process logs one grid row per rank."""
     z = noise(per_rank, cfg.model.latent_dim, dist.device, cfg.seed, step, dist.rank, _RANK_GRID_NOISE)
     images = dist.gather(_sample(G, dist, z).float())  # (world * per_rank, C, H, W), rank order
     if dist.is_main:
+        plots.save_grid(images, run_dir / "samples" / f"ranks_{step:06d}.png", nrow=per_rank)
         tracker.log_image(step, "samples/ranks", plots.grid_tensor(images, nrow=per_rank),
                           f"one row per rank ({dist.world} ranks), step {step}")
 
@@ -299,4 +312,5 @@ def _environment() -> dict:
         commit = None
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {"git_commit": commit, "hostname": platform.node(), "gpu": gpu,
+            "gpu_count": torch.cuda.device_count(), "cpu_count": os.cpu_count(),
             "torch": torch.__version__, "cpu_threads": torch.get_num_threads()}

@@ -18,5 +18,5 @@ fi
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 # torch and torchvision first and pinned, so no later range pulls another torch.
 .venv/bin/pip install -q torch==2.14.1 torchvision==0.29.1
-.venv/bin/pip install -q -e ".[deepspeed,tune,metrics,dev]"
+.venv/bin/pip install -q -e ".[deepspeed,tune,metrics,report,dev]"
 .venv/bin/python -c "import torch, torchvision, accelerate; print('installed: torch', torch.__version__, 'accelerate', accelerate.__version__)"
