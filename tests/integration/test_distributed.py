@@ -447,3 +447,31 @@ def test_world_size_lr_rules():
     assert scaled_lr(1e-3, "none", 4) == 1e-3
     assert scaled_lr(1e-3, "linear", 4) == pytest.approx(4e-3)
     assert scaled_lr(1e-3, "sqrt", 4) == pytest.approx(2e-3)
+
+
+YAMLS = [("single_gpu", "NO", None), ("multi_gpu", "MULTI_GPU", None), ("multi_node", "MULTI_GPU", None),
+         ("cpu", "MULTI_GPU", None), ("deepspeed_zero1", "DEEPSPEED", 1), ("deepspeed_zero2", "DEEPSPEED", 2)]
+
+
+@pytest.mark.parametrize("name, kind, stage", YAMLS)
+def test_launch_yamls_are_valid_accelerate_configs(name, kind, stage):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    cfg = load_config_from_file(str(REPO / "launch" / "accelerate" / f"{name}.yaml"))
+    assert cfg.distributed_type.value == kind and cfg.mixed_precision == "no" and not cfg.use_cpu
+    assert cfg.deepspeed_config.get("zero_stage") == stage
+    assert "gradient_clipping" not in cfg.deepspeed_config  # the run config decides it
+
+
+def test_local_sh_help_and_dry_run():
+    env = cli_env(PYTHON=sys.executable)
+    sh = ["bash", str(REPO / "launch" / "local.sh")]
+    help_ = subprocess.run([*sh, "--help"], capture_output=True, text=True, timeout=30, env=env)
+    assert help_.returncode == 0 and "--cpu N" in help_.stdout and "--zero" in help_.stdout
+    one = subprocess.run([*sh, "--cpu", "1", "--dry-run", "configs/debug.yaml"], capture_output=True, text=True,
+                         timeout=60, env=env, cwd=REPO)
+    assert one.returncode == 0 and one.stdout.strip().endswith("-m capsgan_dist train configs/debug.yaml")
+    assert "accelerate" not in one.stdout  # one process needs no launcher
+    bad = subprocess.run([*sh, "--zero", "3", "configs/debug.yaml"], capture_output=True, text=True, timeout=30,
+                         env=env)
+    assert bad.returncode == 2 and "stage 1 or 2" in bad.stderr
