@@ -475,3 +475,20 @@ def test_local_sh_help_and_dry_run():
     bad = subprocess.run([*sh, "--zero", "3", "configs/debug.yaml"], capture_output=True, text=True, timeout=30,
                          env=env)
     assert bad.returncode == 2 and "stage 1 or 2" in bad.stderr
+
+
+def test_deepspeed_plugin_takes_stage_from_launcher_and_clipping_from_config(monkeypatch):
+    from capsgan_dist.deepspeed_setup import _plugin
+    from capsgan_dist.errors import ConfigError
+
+    cfg = load_config(DEBUG_CONFIG)  # optim.grad_clip = 0: clipping off, not DeepSpeed's default 1.0
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "1")
+    ds = _plugin(cfg).deepspeed_config
+    assert ds["zero_optimization"]["stage"] == 1 and ds["gradient_clipping"] == 0.0
+    monkeypatch.setenv("ACCELERATE_GRADIENT_CLIPPING", "1.0")
+    with pytest.raises(ConfigError, match="gradient_clipping=1.0 but the run config has optim.grad_clip=0.0"):
+        _plugin(cfg)
+    monkeypatch.delenv("ACCELERATE_GRADIENT_CLIPPING")
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "3")
+    with pytest.raises(ConfigError, match="stage 3 .* use zero_stage 1 or 2"):
+        _plugin(cfg)
