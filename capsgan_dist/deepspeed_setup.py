@@ -68,11 +68,6 @@ def _plugin(cfg: Config) -> DeepSpeedPlugin:
     return plugin
 
 
-def zero_stage(acc: Accelerator) -> int:
-    """The ZeRO stage of the plugin that is active on `acc`'s shared state."""
-    return int(acc.state.deepspeed_plugin.deepspeed_config["zero_optimization"]["stage"])
-
-
 def deepspeed_accelerators(cfg: Config) -> tuple[Accelerator, Accelerator]:
     """Two Accelerators sharing one process group, with one DeepSpeed engine each for G and D."""
     t = cfg.train
