@@ -16,6 +16,7 @@ import torch.distributed as torch_dist
 from accelerate import Accelerator
 
 from capsgan_dist.config import Config
+from capsgan_dist.errors import ConfigError
 
 
 @dataclass
@@ -84,6 +85,9 @@ def _deepspeed_requested() -> bool:
 def setup(cfg: Config) -> Dist:
     """Create the Accelerators for G and D from the launch environment and the config."""
     mp = cfg.train.mixed_precision
+    if mp == "fp16" and not torch.cuda.is_available():  # Accelerate would silently train in fp32
+        raise ConfigError("train.mixed_precision=fp16 needs a GPU (fp16 autocast with loss scaling); "
+                          "on CPU use train.mixed_precision=bf16 or no")
     if _deepspeed_requested():
         from capsgan_dist.deepspeed_setup import deepspeed_accelerators
 

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from capsgan_dist import checkpoint, losses, plots
+from capsgan_dist import probe as debug_probe
 from capsgan_dist.config import Config, model_hash, to_dict, to_yaml
 from capsgan_dist.data import EpochShuffle, build_dataset
 from capsgan_dist.dist import Dist, noise, scaled_lr, setup
@@ -131,17 +132,23 @@ def _train(cfg: Config, dist: Dist, require_checkpoint: bool,
     # Models and optimizers.
     G, D = build_generator(cfg), build_discriminator(cfg)
     betas = (cfg.optim.beta1, cfg.optim.beta2)
-    opt_g = torch.optim.Adam(G.parameters(), scaled_lr(cfg.optim.lr_g, cfg.optim.scale_lr, dist.world), betas=betas)
-    opt_d = torch.optim.Adam(D.parameters(), scaled_lr(cfg.optim.lr_d, cfg.optim.scale_lr, dist.world), betas=betas)
+    lr_g = scaled_lr(cfg.optim.lr_g, cfg.optim.scale_lr, dist.world)
+    lr_d = scaled_lr(cfg.optim.lr_d, cfg.optim.scale_lr, dist.world)
+    opt_g = torch.optim.Adam(G.parameters(), lr_g, betas=betas)
+    opt_d = torch.optim.Adam(D.parameters(), lr_d, betas=betas)
     G, opt_g, loader = dist.acc_g.prepare(G, opt_g, loader)
     D, opt_d = dist.acc_d.prepare(D, opt_d)
     D_plain = dist.acc_d.unwrap_model(D)  # used in the G step, where D is frozen and not synced
+    probe = debug_probe.attach(run_dir, dist, dist.acc_g.unwrap_model(G), D_plain, opt_g, opt_d)
 
     # Resume.
     start = 0
     found = checkpoint.latest_valid(run_dir / "checkpoints") if (cfg.resume == "auto" or require_checkpoint) else None
     if found:
         start = checkpoint.load_checkpoint(dist, found[0], found[1], mhash)
+        for opt, lr in ((opt_g, lr_g), (opt_d, lr_d)):  # the saved lr was scaled for the saving world size
+            for group in opt.param_groups:
+                group["lr"] = lr
     elif require_checkpoint:
         raise CheckpointError(f"no valid checkpoint in {run_dir / 'checkpoints'} to resume from; "
                               "start a new run without --resume")
@@ -238,6 +245,7 @@ def _train(cfg: Config, dist: Dist, require_checkpoint: bool,
                 break
     bar.close()
     tracker.finish()
+    probe.close()
     if dist.is_main:
         plots.plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png")
         plots.make_gif(sorted((run_dir / "samples").glob("step_*.png")), run_dir / "samples.gif")
@@ -250,8 +258,8 @@ def _step(acc, model: torch.nn.Module, opt: torch.optim.Optimizer, clip: float) 
     """Clip (or just measure) the gradient norm, then step unless it is non-finite; returns the norm."""
     norm = acc.clip_grad_norm_(model.parameters(), clip)
     norm = float(norm) if norm is not None else float("nan")
-    if math.isfinite(norm):
-        opt.step()
+    if math.isfinite(norm) or getattr(acc, "scaler", None) is not None:
+        opt.step()  # an fp16 GradScaler skips inf/nan steps itself and must see them to lower its scale
     opt.zero_grad(set_to_none=True)
     return norm
 
