@@ -9,6 +9,7 @@ Loading goes through Accelerate, which unpickles with `torch.load(weights_only=T
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -51,25 +52,32 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
 
 
-def _free(path: Path) -> str:
+def _free_bytes(path: Path) -> tuple[int, int] | None:
+    """(free, total) bytes of the disk holding `path` (or its nearest existing parent)."""
     for p in (path, *path.parents):
         if p.exists():
-            return f"{shutil.disk_usage(p).free / 2**20:.1f} MiB free there"
-    return "free space unknown"
+            usage = shutil.disk_usage(p)
+            return usage.free, usage.total
+    return None
 
 
 def _agree(dist: Dist, err: BaseException | None, root: Path, step: int, tmp: Path) -> None:
     """Collective: if any rank failed a phase of the save, every rank raises (none waits forever)."""
     if not dist.any(err is not None):
         return
+    space = _free_bytes(root)  # measured before the partial write is removed: ~0 when the disk filled up
     if dist.is_main:
         shutil.rmtree(tmp, ignore_errors=True)
+    # torch's zip writer reports a full disk only as "file write failed": judge by the free space too.
+    full = (isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)) or (
+        space is not None and space[0] < max(2**20, space[1] // 1000))
+    why = _first_line(err)[:200] if err is not None else "another rank failed to write its part"
+    free = f"{space[0] / 2**20:.1f} MiB free; " if space else ""
     good = list_checkpoints(root)
-    why = _first_line(err) if err is not None else "another rank failed to write its part"
     raise CheckpointError(
-        f"cannot write the checkpoint of step {step} to {root} ({why}; {_free(root)}); free disk space or "
-        f"set train.out_dir to a writable disk with room, then resume from the last good checkpoint "
-        f"({good[-1].name if good else 'none'})")
+        f"cannot write the checkpoint of step {step} to {root}: {'No space left on device' if full else why} "
+        f"({free}{why}); free disk space or set train.out_dir to a writable disk with room, then resume from "
+        f"the last good checkpoint ({good[-1].name if good else 'none'})")
 
 
 def save_checkpoint(dist: Dist, root: Path, step: int, model_hash: str, keep: int) -> Path:
