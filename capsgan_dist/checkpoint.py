@@ -75,7 +75,7 @@ def _agree(dist: Dist, err: BaseException | None, root: Path, step: int, tmp: Pa
     free = f"{space[0] / 2**20:.1f} MiB free; " if space else ""
     good = list_checkpoints(root)
     raise CheckpointError(
-        f"cannot write the checkpoint of step {step} to {root}: {'No space left on device' if full else why} "
+        f"cannot write the checkpoint of step {step} to {root}: {'No space left on device' if full else 'failed'} "
         f"({free}{why}); free disk space or set train.out_dir to a writable disk with room, then resume from "
         f"the last good checkpoint ({good[-1].name if good else 'none'})")
 
@@ -152,6 +152,7 @@ def _publish(tmp: Path, final: Path, manifest: dict) -> None:
 def _remove(path: Path) -> None:
     """Delete a checkpoint: rename it to a `.tmp-` name first, so a kill never leaves half of one."""
     trash = path.with_name(f"{TMP_PREFIX}del-{path.name}")
+    shutil.rmtree(trash, ignore_errors=True)  # a leftover of an earlier, interrupted deletion
     try:
         os.replace(path, trash)
     except OSError:

@@ -321,3 +321,45 @@ def test_checkpoint_with_code_in_a_pickle_is_not_executed(finished_run, tmp_path
         assert "refusing to load checkpoint" in res.stderr.strip().splitlines()[-1]
     else:  # Accelerate skips RNG states it cannot load safely; the run goes on (its noise is keyed, not RNG)
         assert res.returncode == 0, res.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_corrupt_newest_checkpoint_is_skipped_with_a_warning(finished_run, tmp_path):
+    """A truncated newest checkpoint fails its manifest check: resume warns and uses the previous one."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    f = run / "checkpoints" / "step_0000004" / "D" / "model.safetensors"
+    f.write_bytes(f.read_bytes()[:-100])
+    res = run_capsgan("train", "--resume", str(run), "train.steps=6", timeout=300)
+    assert "D/model.safetensors fails its checksum (truncated or corrupt); using step_0000002" in res.stderr
+    assert f"resuming {run} from step_0000002" in res.stderr
+    assert (run / "checkpoints" / "step_0000006").is_dir()
+    # The broken step 4 was replaced when training reached step 4 again, and now verifies.
+    from capsgan_dist import checkpoint
+
+    assert checkpoint.verify(run / "checkpoints" / "step_0000004")["step"] == 4
+
+
+@pytest.mark.slow
+def test_full_disk_stops_cleanly_and_resume_works_once_space_is_freed(tmp_path):
+    """A real 4 MB tmpfs fills at the 2nd checkpoint: exit 2 naming the last good one; after growing it, resume."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("mounting a tmpfs (a real full disk) needs root")
+    try:
+        run = disk / "run"
+        res = run_capsgan("train", str(DEBUG_CONFIG), f"train.run_dir={run}", "train.checkpoint_every=2",
+                          "train.progress=false", check=False, timeout=300)
+        assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-2000:]
+        assert "No space left on device" in res.stderr and "(step_0000002)" in res.stderr
+        assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_0000002"]
+        subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)  # space freed
+        res = run_capsgan("train", "--resume", str(run), timeout=300)
+        assert f"resuming {run} from step_0000002" in res.stderr
+        assert (run / "checkpoints" / "step_0000020").is_dir()
+        assert _metric_steps(run) == [5, 10, 15, 20]
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
