@@ -7,7 +7,7 @@ start in milliseconds instead of ~4 s, so 20 killed-and-resumed runs fit in a te
 child is still a real process: SIGKILL stops it wherever it is, and the next child knows only what
 is on disk. The parent never runs a torch op (forking after OpenMP threads started is unsafe).
 
-A plan is {"args": [...], "jobs": [{"name", "run_dir", "reference": bool, "kills": [...]}]}; each
+A plan is {"args": [...], "steps": N, "jobs": [{"name", "run_dir", "reference": bool, "kills": [...]}]}; each
 kill is {"kind": "time", "frac": f} (at f times the reference run's time to its last checkpoint),
 {"kind": "tmp", "skip": k, "delay_ms": d} (d ms after the (k+1)-th `.tmp-step_*` folder appears,
 i.e. in the middle of writing a checkpoint) or {"kind": "after", "folder": F, "delay_ms": d}; "sig"
@@ -69,8 +69,12 @@ def _exited(pid: int) -> int | None:
     return os.waitstatus_to_exitcode(status) if done else None
 
 
-def _kill_when(pid: int, kill: dict, ckpts: Path, t_ref: float) -> dict:
-    """Wait for the kill moment, signal the child and describe how it ended and what was on disk."""
+def _kill_when(pid: int, kill: dict, ckpts: Path, t_ref: float, last: Path) -> dict:
+    """Wait for the kill moment, signal the child and describe how it ended and what was on disk.
+
+    A random-time kill also fires when the run's last checkpoint `last` appears first (the
+    machine got faster than during the reference run): that kills it while it finishes up.
+    """
     t0 = time.perf_counter()
     seen: set[str] = set()
     deadline = t0 + (kill["frac"] * t_ref if kill["kind"] == "time" else 1e9)
@@ -85,7 +89,7 @@ def _kill_when(pid: int, kill: dict, ckpts: Path, t_ref: float) -> dict:
         elif kill["kind"] == "after":
             if (ckpts / kill["folder"]).exists():
                 break
-        elif time.perf_counter() >= deadline:
+        elif time.perf_counter() >= deadline or last.exists():
             break
         time.sleep(POLL_S)
     time.sleep(kill.get("delay_ms", 0) / 1000)
@@ -97,7 +101,7 @@ def _kill_when(pid: int, kill: dict, ckpts: Path, t_ref: float) -> dict:
             "t": time.perf_counter() - t0, "on_disk": _listing(ckpts)}
 
 
-def run_job(cli, base_args: list[str], job: dict, t_ref: float) -> dict:
+def run_job(cli, base_args: list[str], steps: int, job: dict, t_ref: float) -> dict:
     """Run one job: its kills, then a run to the end; returns what happened."""
     run_dir = Path(job["run_dir"])
     ckpts = run_dir / "checkpoints"
@@ -107,10 +111,10 @@ def run_job(cli, base_args: list[str], job: dict, t_ref: float) -> dict:
     t0 = time.perf_counter()
     for kill in job["kills"]:
         pid = _spawn(cli, args, log)
-        out["kills"].append(_kill_when(pid, kill, ckpts, t_ref))
+        out["kills"].append(_kill_when(pid, kill, ckpts, t_ref, ckpts / f"step_{steps:07d}"))
     pid = _spawn(cli, args, log)
     if job.get("reference"):  # time to its last checkpoint: the scale of the random kill times
-        final = ckpts / f"step_{job['steps']:07d}"
+        final = ckpts / f"step_{steps:07d}"
         while not final.exists() and _exited_peek(pid):
             time.sleep(POLL_S)
         out["t_last_checkpoint"] = time.perf_counter() - t0
@@ -141,7 +145,7 @@ def main() -> None:
 
     results, t_ref = [], None
     for job in plan["jobs"]:
-        res = run_job(cli, plan["args"], job, t_ref or 0.0)
+        res = run_job(cli, plan["args"], plan["steps"], job, t_ref or 0.0)
         if job.get("reference"):
             t_ref = res["t_last_checkpoint"]
         results.append(res)

@@ -91,8 +91,7 @@ def _lane_plans(root: Path) -> list[dict]:
     """Two lanes: one trains with the alternate schedule, one with 'both'; 10 SIGKILL runs + signals each."""
     lanes = []
     for lane, schedule in enumerate(("alternate", "both")):
-        jobs = [{"name": f"{schedule}-ref", "run_dir": str(root / f"{schedule}-ref"), "reference": True,
-                 "steps": STEPS, "kills": []}]
+        jobs = [{"name": f"{schedule}-ref", "run_dir": str(root / f"{schedule}-ref"), "reference": True, "kills": []}]
         for i in range(lane, N_KILLED_RUNS, 2):
             jobs.append({"name": f"kill{i:02d}", "run_dir": str(root / f"kill{i:02d}"), "kills": _kill_plan(1000 + i)})
         # Preemption signals: sent once training is under way (after step 6's checkpoint).
@@ -101,7 +100,7 @@ def _lane_plans(root: Path) -> list[dict]:
             jobs.append({"name": f"sig{sig}", "run_dir": str(root / f"sig{sig}"),
                          "kills": [{"kind": "after", "folder": "step_0000006", "delay_ms": rng.randrange(40),
                                     "sig": sig}]})
-        lanes.append({"args": KILL_ARGS + [f"train.schedule={schedule}"], "jobs": jobs})
+        lanes.append({"args": KILL_ARGS + [f"train.schedule={schedule}"], "steps": STEPS, "jobs": jobs})
     return lanes
 
 
@@ -200,6 +199,12 @@ def test_sigterm_to_torchrun_group_saves_checkpoint_and_resume_completes(tmp_pat
     assert _metric_steps(run) == list(range(2, steps + 1, 2))  # no duplicates from the stopped part
 
 
+def _environ(pid: int) -> dict[str, str]:
+    """Environment of a running process."""
+    items = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(i.decode(errors="replace").split("=", 1) for i in items if b"=" in i)
+
+
 @pytest.mark.slow
 def test_torchrun_elastic_restart_resumes_from_last_checkpoint(tmp_path):
     """One of 2 workers SIGKILLed; torchrun --max-restarts 1 restarts the group, which resumes and finishes."""
@@ -214,8 +219,9 @@ def test_torchrun_elastic_restart_resumes_from_last_checkpoint(tmp_path):
     try:
         _wait_for(lambda: (run / "checkpoints" / "step_0000010").is_dir(), 240, "the first checkpoint", proc)
         workers = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
-        rank1 = [w for w in workers if b"RANK=1\0" in Path(f"/proc/{w}/environ").read_bytes().replace(b"LOCAL_", b"")]
-        os.kill(int(rank1[0]), signal.SIGKILL)
+        rank1 = [int(w) for w in workers if _environ(int(w)).get("RANK") == "1"]
+        assert len(workers) == 2 and len(rank1) == 1, workers
+        os.kill(rank1[0], signal.SIGKILL)
         out, _ = proc.communicate(timeout=300)
     finally:
         if proc.poll() is None:
