@@ -7,9 +7,10 @@ import os
 import sys
 from pathlib import Path
 
-from capsgan_dist.errors import UserError
+from capsgan_dist.errors import NonFiniteError, UserError, explain_os_error
 
 USER_ERROR_EXIT = 2
+NONFINITE_EXIT = 3  # training diverged: distinct from bad input (2) and preemption (75)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -110,6 +111,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"capsgan: error: {e}", file=sys.stderr)
+        return USER_ERROR_EXIT
+    except NonFiniteError as e:
+        if args.debug:
+            raise
+        print(f"capsgan: error: {e}", file=sys.stderr)
+        return NONFINITE_EXIT
+    except OSError as e:  # a disk filling up or turning read-only mid-run is the user's to fix
+        msg = explain_os_error(e)
+        if args.debug or msg is None:
+            raise
+        print(f"capsgan: error: {msg}", file=sys.stderr)
         return USER_ERROR_EXIT
 
 

@@ -257,6 +257,19 @@ def _known_keys(cls: type, prefix: str = "") -> list[str]:
     return keys
 
 
+def _field_type(key: str) -> str | None:
+    """The declared type of a dotted config key, e.g. 'int' for 'train.steps' (None if unknown)."""
+    cls: Any = Config
+    for part in key.split(".") if key else []:
+        hints = typing.get_type_hints(cls) if dataclasses.is_dataclass(cls) else {}
+        if part not in hints:
+            return None
+        cls = hints[part]
+    if not key or dataclasses.is_dataclass(cls):
+        return None
+    return str(cls).replace("typing.", "") if typing.get_origin(cls) else cls.__name__
+
+
 def _explain(err: OmegaConfBaseException, where: str) -> ConfigError:
     key = getattr(err, "full_key", None) or ""
     if isinstance(err, ConfigKeyError) or "not in" in str(err):
@@ -264,8 +277,10 @@ def _explain(err: OmegaConfBaseException, where: str) -> ConfigError:
         hint = f"; did you mean '{near[0]}'?" if near else "; run with --dry-run to list the keys"
         return ConfigError(f"unknown config key '{key}' in {where}{hint}")
     if isinstance(err, ValidationError):
-        msg = str(err).splitlines()[0]
-        return ConfigError(f"wrong type for '{key}' in {where}: {msg}")
+        msg = str(err).splitlines()[0].rstrip(".")
+        want = _field_type(key)
+        fix = f"; give a value of type {want}" if want else ""
+        return ConfigError(f"wrong type for '{key}' in {where}: {msg}{fix}")
     return ConfigError(f"invalid config in {where}: {str(err).splitlines()[0]}")
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import math
 import struct
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -65,7 +66,7 @@ def read_idx_images(path: Path) -> torch.Tensor:
             if magic != 2051:
                 raise DataError(f"{path} is not an IDX image file (magic {magic}, expected 2051)")
             raw = f.read()
-    except (OSError, EOFError, struct.error) as e:
+    except (OSError, EOFError, struct.error, zlib.error) as e:
         raise DataError(f"cannot read {path}: {e}; the file is corrupt or truncated, fetch it again") from None
     if len(raw) != n * h * w:
         raise DataError(f"{path} is truncated: header says {n} images of {h}x{w}, file holds "

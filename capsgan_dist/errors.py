@@ -6,6 +6,8 @@ traceback.
 
 from __future__ import annotations
 
+import errno
+
 
 class UserError(Exception):
     """Bad input: the message says what is wrong, where, and how to fix it."""
@@ -25,3 +27,14 @@ class CheckpointError(UserError):
 
 class NonFiniteError(RuntimeError):
     """Training produced too many non-finite losses or gradients in a row."""
+
+
+def explain_os_error(e: OSError) -> str | None:
+    """One line for a disk-full or unwritable-path error met while writing run files; None otherwise."""
+    where = f" ({e.filename})" if e.filename else ""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (f"no space left on device{where}; free disk space or set train.out_dir to a disk with room, "
+                "then resume the run")
+    if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return f"{e.strerror}{where}; fix the permissions or set train.out_dir to a writable folder"
+    return None

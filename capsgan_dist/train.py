@@ -11,6 +11,7 @@ import json
 import math
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -104,7 +105,7 @@ def _truncate_metrics(path: Path, step: int) -> None:
     """Drop rows logged after `step` (from a run interrupted after its last checkpoint)."""
     if path.is_file():
         rows = [r for r in plots.read_metrics(path) if r.get("step", 0) <= step]
-        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        checkpoint.write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 def train(cfg: Config, require_checkpoint: bool = False,
@@ -149,11 +150,15 @@ def _train(cfg: Config, dist: Dist, require_checkpoint: bool,
         for opt, lr in ((opt_g, lr_g), (opt_d, lr_d)):  # the saved lr was scaled for the saving world size
             for group in opt.param_groups:
                 group["lr"] = lr
+        if dist.is_main:
+            print(f"capsgan: resuming {run_dir} from {found[0].name}", file=sys.stderr)
     elif require_checkpoint:
-        raise CheckpointError(f"no valid checkpoint in {run_dir / 'checkpoints'} to resume from; "
-                              "start a new run without --resume")
+        raise CheckpointError(f"no checkpoint in {run_dir / 'checkpoints'} to resume from (the run stopped "
+                              "before its first one); start a new run without --resume")
     if dist.is_main:
-        (run_dir / "config.yaml").write_text(to_yaml(cfg))
+        for name in checkpoint.tidy(run_dir / "checkpoints", t.keep_checkpoints, found[0] if found else None):
+            print(f"capsgan: removed {name}, an unfinished checkpoint of a killed run", file=sys.stderr)
+        checkpoint.write_text_atomic(run_dir / "config.yaml", to_yaml(cfg))
         _truncate_metrics(run_dir / "metrics.jsonl", start)
     environment = {"world_size": dist.world, **_environment()}
     if dist.is_main:
@@ -216,8 +221,9 @@ def _train(cfg: Config, dist: Dist, require_checkpoint: bool,
             if nonfinite_run >= t.max_nonfinite:
                 good = checkpoint.list_checkpoints(run_dir / "checkpoints")
                 raise NonFiniteError(
-                    f"{nonfinite_run} non-finite steps in a row ending at step {step + 1}; last good "
-                    f"checkpoint: {good[-1] if good else 'none'}. Lower the learning rates or use fp32.")
+                    f"{nonfinite_run} non-finite steps in a row (steps {step + 2 - nonfinite_run}-{step + 1}, "
+                    f"train.max_nonfinite={t.max_nonfinite}); last good checkpoint: "
+                    f"{good[-1] if good else 'none'}; lower optim.lr_d/optim.lr_g or use fp32, then resume")
             for k, v in stats.items():
                 window.setdefault(k, []).append(v)
             done = step + 1
