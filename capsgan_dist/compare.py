@@ -130,7 +130,7 @@ def run_all(cc: CompareConfig, log=print) -> None:
         raise UserError("capsgan compare runs its trainings one after another in one process; "
                         "launch it without torchrun/accelerate (each run's own config may still say "
                         "how to train)")
-    todo = {(v.name, s): v for v in variants(cc) for s in cc.seeds}
+    todo = {(v.name, s): v for s in cc.seeds for v in variants(cc)}  # seed-major: early seeds complete first
     for i, ((name, seed), v) in enumerate(todo.items(), 1):
         run_dir = _run_dir(cc, name, seed)
         if _finished(run_dir, cc.steps):
