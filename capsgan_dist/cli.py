@@ -78,7 +78,10 @@ def _compare(args: argparse.Namespace) -> int:
     from capsgan_dist.compare import compare, load_compare_config
 
     cc = load_compare_config(args.config, args.overrides)
-    compare(cc)
+    if compare(cc) is None:
+        from capsgan_dist.train import PREEMPTED_EXIT_CODE
+
+        return PREEMPTED_EXIT_CODE
     print(f"wrote {Path(cc.out_dir) / 'table.md'}, fid.png, compare.json")
     return 0
 

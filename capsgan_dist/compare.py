@@ -122,8 +122,8 @@ def _finished(run_dir: Path, steps: int) -> bool:
     return found is not None and int(found[1]["step"]) >= steps
 
 
-def run_all(cc: CompareConfig, log=print) -> None:
-    """Train every (variant, seed) that is not finished yet, one after another in this process."""
+def run_all(cc: CompareConfig, log=print) -> bool:
+    """Train every (variant, seed) not finished yet, one after another; False if stopped by a signal."""
     from capsgan_dist.train import train
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -138,8 +138,13 @@ def run_all(cc: CompareConfig, log=print) -> None:
             continue
         log(f"[{i}/{len(todo)}] {name} seed {seed}: training {cc.steps} steps -> {run_dir}")
         summary = train(_train_config(cc, v.overrides, seed, run_dir))
+        if summary["preempted"]:
+            log(f"[{i}/{len(todo)}] {name} seed {seed}: stopped on a signal at step {summary['step']} "
+                "(checkpoint saved); rerun the same command to resume")
+            return False
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
         log(f"[{i}/{len(todo)}] {name} seed {seed}: done in {summary['wall_s']:.0f}s")
+    return True
 
 
 def eval_curve(run_dir: Path) -> dict[int, dict[str, float]]:
@@ -272,13 +277,14 @@ def report(cc: CompareConfig) -> dict:
     return agg
 
 
-def compare(cc: CompareConfig, log=print) -> dict:
-    """Train what is missing, then write the report; returns the aggregate."""
+def compare(cc: CompareConfig, log=print) -> dict | None:
+    """Train what is missing, then write the report; returns the aggregate (None if stopped early)."""
     skipped = [s for s in cc.grid_steps if s > cc.steps or (s % cc.eval_every and s != cc.steps)]
     if skipped:
         log(f"grid steps {skipped} are beyond {cc.steps} steps or off the {cc.eval_every}-step sample "
             "interval: left out")
-    run_all(cc, log)
+    if not run_all(cc, log):
+        return None
     return report(cc)
 
 

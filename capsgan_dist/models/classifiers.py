@@ -62,6 +62,10 @@ class CapsNet(nn.Module):
         self.conv1 = nn.Conv2d(channels, conv1_channels, 9)
         self.primary = PrimaryCaps(conv1_channels, primary_channels, primary_dim, 9)
         self.caps = RoutedCaps(primary_channels * h * h, primary_dim, n_classes, caps_dim, routing_iters)
+        # RoutedCaps' init suits the GAN discriminator's few inputs; with 1152 primary capsules it
+        # makes every class capsule ~1 long at once (margin loss stuck at 9 * 0.5 * 0.9^2 = 3.6).
+        # Sabour et al.'s reference code draws W_ij with std 0.01: lengths start small, and train.
+        nn.init.normal_(self.caps.weight, std=0.01)
         n_pix = channels * image_size * image_size
         self.decoder = nn.Sequential(nn.Linear(n_classes * caps_dim, 512), nn.ReLU(),
                                      nn.Linear(512, 1024), nn.ReLU(), nn.Linear(1024, n_pix), nn.Sigmoid())

@@ -14,7 +14,7 @@ from capsgan_dist.data import read_idx_images
 from capsgan_dist.errors import CheckpointError, ConfigError
 from capsgan_dist.metrics import METRICS, Features, MetricSuite
 from capsgan_dist.metrics.classifier import accuracy, labelled_split, load_classifier, save_classifier
-from capsgan_dist.models.classifiers import LeNet
+from capsgan_dist.models.classifiers import CapsNet, LeNet
 
 SETTINGS = EvalConfig(kid_subsets=50, kid_subset_size=500)
 
@@ -154,3 +154,22 @@ def test_fid_rises_monotonically_with_blur(mnist_fid):
     suite, other = mnist_fid
     fids = [suite.score(other)["fid"]] + [suite.score(TF.gaussian_blur(other, 7, s))["fid"] for s in (0.5, 1.0, 2.0)]
     assert all(a < b for a, b in zip(fids, fids[1:])), fids
+
+
+def test_capsnet_starts_unsaturated_and_its_loss_falls():
+    torch.manual_seed(0)
+    x = torch.rand(32, 1, 28, 28) * 2 - 1
+    # Paper size: class capsules must start short, or the margin loss sits at 9 * 0.5 * 0.9^2.
+    lengths = CapsNet()(x[:4]).exp()
+    assert lengths.max() < 0.5, lengths
+    small = CapsNet(conv1_channels=16, primary_channels=4)
+    y = torch.arange(32) % 10
+    opt = torch.optim.Adam(small.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(15):
+        loss, _ = small.training_loss(x, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0], losses
