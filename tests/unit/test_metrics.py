@@ -161,7 +161,7 @@ def test_capsnet_starts_unsaturated_and_its_loss_falls():
     x = torch.rand(32, 1, 28, 28) * 2 - 1
     # Paper size: class capsules must start short, or the margin loss sits at 9 * 0.5 * 0.9^2.
     lengths = CapsNet()(x[:4]).exp()
-    assert lengths.max() < 0.5, lengths
+    assert lengths.max() < 0.1, lengths  # the GAN-style init gave ~0.5 here, ~1 on digits
     small = CapsNet(conv1_channels=16, primary_channels=4)
     y = torch.arange(32) % 10
     opt = torch.optim.Adam(small.parameters(), lr=1e-3)
