@@ -266,6 +266,9 @@ def report(cc: CompareConfig) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     agg = aggregate(cc)
     text = f"# {cc.name}: {', '.join(cc.models)}; {len(cc.seeds)} seeds, {cc.steps} steps\n\n" + table(agg)
+    text += "\nTraining wall time per run (s, evaluations included): " + ", ".join(
+        f"{name} {statistics.fmean(v['wall_s_seeds']):.0f}" for name, v in agg["variants"].items()
+        if v["wall_s_seeds"]) + "\n"
     if cc.routing_ablation:
         text += f"\n## Routing iterations ({cc.ablation_model})\n\n" + table(agg, "ablation")
     (out_dir / "table.md").write_text(text)

@@ -252,6 +252,9 @@ class EvalConfig:
         for name in ("n", "batch", "kid_subsets", "kid_subset_size", "pr_k"):
             _positive("eval", name, getattr(self, name), 1, strict=False)
         _positive("eval", "every", self.every, 0, strict=False)
+        if self.n <= max(1, self.pr_k):
+            raise ConfigError(f"eval.n={self.n} is too small: FID needs 2 images and precision/recall more "
+                              f"than eval.pr_k={self.pr_k}; use eval.n>={max(2, self.pr_k + 1)}")
         from capsgan_dist.metrics import METRICS  # registry; imports no heavy libraries
 
         for m in self.metrics:

@@ -76,6 +76,8 @@ def test_eval_config_rejects_unknown_metric_and_missing_classifier():
         load_config(None, ["eval.metrics=[fod]"])
     with pytest.raises(ConfigError, match="eval.classifier"):
         load_config(None, ["eval.every=10"])
+    with pytest.raises(ConfigError, match="eval.n=3 is too small"):
+        load_config(None, ["eval.n=3"])
 
 
 def test_load_classifier_rejects_weights_that_do_not_fit_the_metadata(tmp_path: Path):
