@@ -25,6 +25,7 @@ from capsgan_dist.config import Config, load_config
 from capsgan_dist.errors import ConfigError, UserError
 
 TABLE_METRICS = ("fid", "kid", "is", "precision", "recall")
+DEFAULT_MODELS = {"capsgan": ["model.discriminator=capsule"], "dcgan": ["model.discriminator=conv"]}
 
 
 @dataclass(frozen=True)
@@ -35,9 +36,9 @@ class CompareConfig:
     """Train config every run starts from (path relative to the current folder)."""
     overrides: list[str] = field(default_factory=list)
     """Dotted train-config overrides applied to every run (data, tracking, ...)."""
-    models: dict[str, list[str]] = field(default_factory=lambda: {
-        "capsgan": ["model.discriminator=capsule"], "dcgan": ["model.discriminator=conv"]})
-    """Compared models: name -> overrides that make it (only the discriminator should differ)."""
+    models: dict[str, list[str]] = field(default_factory=dict)
+    """Compared models: name -> overrides that make it (only the discriminator should differ).
+    A file without `models` gets DEFAULT_MODELS (CapsuleGAN and the DCGAN baseline)."""
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     """Seeds; each model trains once per seed (weights, data order and noise follow the seed)."""
     steps: int = 10000
@@ -75,8 +76,13 @@ def load_compare_config(path: str | Path, overrides: list[str] | tuple[str, ...]
     if not path.is_file():
         raise ConfigError(f"compare config {path} does not exist; see configs/compare_mnist.yaml")
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(CompareConfig),
-                                 OmegaConf.create(yaml.safe_load(path.read_text()) or {}),
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path} must hold a mapping of compare settings")
+        # Dicts merge key by key, so defaults would leak into a file's own `models`: fill them here.
+        if "models" not in data and not any(o.startswith("models") for o in overrides):
+            data["models"] = DEFAULT_MODELS
+        merged = OmegaConf.merge(OmegaConf.structured(CompareConfig), OmegaConf.create(data),
                                  OmegaConf.from_dotlist(list(overrides)))
         return OmegaConf.to_object(merged)
     except (OmegaConfBaseException, yaml.YAMLError) as e:
