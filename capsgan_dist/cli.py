@@ -65,6 +65,38 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _classifier_train(args: argparse.Namespace) -> int:
+    from capsgan_dist.metrics.classifier import train_classifier
+
+    meta = train_classifier(Path(args.data), args.arch, Path(args.out), args.epochs, args.batch, args.lr,
+                            args.seed, args.holdout)
+    print(f"wrote {args.out}: {meta['arch']} accuracy {meta['accuracy']:.4f} on {meta['dataset']['n_test']} "
+          f"held-out images ({meta['dataset']['split']})")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from capsgan_dist.metrics.evaluate import evaluate_run
+
+    report = evaluate_run(Path(args.run), args.n, args.classifier, args.all)
+    for row in report["checkpoints"]:
+        print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+    print(f"wrote {Path(args.run) / 'eval.json'}")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from capsgan_dist.compare import compare, load_compare_config
+
+    cc = load_compare_config(args.config, args.overrides)
+    if compare(cc) is None:
+        from capsgan_dist.train import PREEMPTED_EXIT_CODE
+
+        return PREEMPTED_EXIT_CODE
+    print(f"wrote {Path(cc.out_dir) / 'table.md'}, fid.png, compare.json")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="capsgan", description="CapsuleGAN training, distributed.")
     p.add_argument("--debug", action="store_true", help="show full tracebacks for bad input")
@@ -92,6 +124,30 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--entity", help="W&B entity for --wandb (default: the runs' tracking.entity)")
     r.add_argument("--project", help="W&B project for --wandb (default: the runs' tracking.project)")
     r.set_defaults(fn=_report)
+    c = sub.add_parser("classifier", help="feature classifier for the metrics")
+    csub = c.add_subparsers(dest="action", required=True)
+    ct = csub.add_parser("train", help="train a classifier on a labelled IDX folder")
+    ct.add_argument("--data", required=True, help="IDX folder with *-images-idx3-ubyte.gz and *-labels-idx1-ubyte.gz")
+    ct.add_argument("--arch", default="lenet", choices=["lenet", "capsnet"], help="classifier architecture")
+    ct.add_argument("--out", required=True, help="output .safetensors (a .json goes beside it)")
+    ct.add_argument("--epochs", type=float, default=5, help="passes over the training images (fractions allowed)")
+    ct.add_argument("--batch", type=int, default=64, help="batch size")
+    ct.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    ct.add_argument("--seed", type=int, default=0, help="seed of weights, order and the held-out split")
+    ct.add_argument("--holdout", type=int, default=2000, help="held-out images when the folder has one split")
+    ct.set_defaults(fn=_classifier_train)
+
+    e = sub.add_parser("eval", help="FID/KID/IS/precision/recall of a run's checkpoints -> eval.json")
+    e.add_argument("--run", required=True, help="run folder")
+    e.add_argument("--n", type=int, default=None, help="generated images (default: the run's eval.n, 10000)")
+    e.add_argument("--classifier", default=None, help="classifier file (default: the run's eval.classifier)")
+    e.add_argument("--all", action="store_true", help="every checkpoint, not only the newest")
+    e.set_defaults(fn=_eval)
+
+    m = sub.add_parser("compare", help="CapsuleGAN vs DCGAN over seeds: table, FID curves, sample grids")
+    m.add_argument("config", help="compare YAML, e.g. configs/compare_mnist.yaml")
+    m.add_argument("overrides", nargs="*", help="overrides, e.g. seeds=[0,1] steps=1000")
+    m.set_defaults(fn=_compare)
     return p
 
 

@@ -230,6 +230,40 @@ class TrackingConfig:
 
 
 @dataclass(frozen=True)
+class EvalConfig:
+    every: int = 0
+    """Steps between sample-quality evaluations in the training loop; 0 turns them off."""
+    n: int = 10000
+    """Generated images per evaluation (split over ranks, gathered on the main process)."""
+    classifier: Optional[str] = None
+    """Classifier file from `capsgan classifier train` whose feature space FID/KID/IS/PR use."""
+    metrics: list[str] = field(default_factory=lambda: ["fid", "kid", "is", "pr"])
+    """Metrics by registered name (capsgan_dist.metrics): fid | kid | is | pr."""
+    batch: int = 500
+    """Images per generator / classifier forward during evaluation."""
+    kid_subsets: int = 100
+    """KID: random subsets averaged (Binkowski et al.: 100)."""
+    kid_subset_size: int = 1000
+    """KID: images per subset (capped at the number of images)."""
+    pr_k: int = 3
+    """Precision/recall: k of the k-NN radius (Kynkaanniemi et al.: 3)."""
+
+    def __post_init__(self) -> None:
+        for name in ("n", "batch", "kid_subsets", "kid_subset_size", "pr_k"):
+            _positive("eval", name, getattr(self, name), 1, strict=False)
+        _positive("eval", "every", self.every, 0, strict=False)
+        if self.n <= max(1, self.pr_k):
+            raise ConfigError(f"eval.n={self.n} is too small: FID needs 2 images and precision/recall more "
+                              f"than eval.pr_k={self.pr_k}; use eval.n>={max(2, self.pr_k + 1)}")
+        from capsgan_dist.metrics import METRICS  # registry; imports no heavy libraries
+
+        for m in self.metrics:
+            _choice("eval", "metrics", m, tuple(METRICS))
+        if self.every and not self.classifier:
+            raise ConfigError("eval.every>0 needs eval.classifier=<file from `capsgan classifier train`>")
+
+
+@dataclass(frozen=True)
 class Config:
     name: str = "capsgan"
     """Run name (prefix of the run folder, W&B run name)."""
@@ -243,6 +277,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:
         _choice("", "resume", self.resume, ("none", "auto"))

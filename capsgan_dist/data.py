@@ -74,6 +74,35 @@ def read_idx_images(path: Path) -> torch.Tensor:
     return torch.from_numpy(np.frombuffer(raw, dtype=np.uint8).copy()).view(n, 1, h, w)
 
 
+def read_idx_labels(path: Path) -> torch.Tensor:
+    """Read an IDX1 label file (optionally .gz) into an int64 tensor (N,)."""
+    opener: Callable = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            magic, n = struct.unpack(">II", f.read(8))
+            if magic != 2049:
+                raise DataError(f"{path} is not an IDX label file (magic {magic}, expected 2049)")
+            raw = f.read()
+    except (OSError, EOFError, struct.error) as e:
+        raise DataError(f"cannot read {path}: {e}; the file is corrupt or truncated, fetch it again") from None
+    if len(raw) != n:
+        raise DataError(f"{path} is truncated: header says {n} labels, file holds {len(raw)}; fetch it again")
+    return torch.from_numpy(np.frombuffer(raw, dtype=np.uint8).astype(np.int64))
+
+
+def load_idx_labeled(root: Path, split: str = "auto") -> tuple[torch.Tensor, torch.Tensor, str]:
+    """Images (N, 1, H, W) uint8, labels (N,) and the split read ('train' or 't10k') of an IDX folder."""
+    images_path = _idx_file(root, split)
+    labels_path = images_path.with_name(images_path.name.replace("-images-idx3-ubyte", "-labels-idx1-ubyte"))
+    if not labels_path.is_file():
+        raise DataError(f"{images_path} has no matching labels file {labels_path.name} in {root}; {HOW_TO_GET}")
+    images, labels = read_idx_images(images_path), read_idx_labels(labels_path)
+    if len(images) != len(labels):
+        raise DataError(f"{images_path.name} holds {len(images)} images but {labels_path.name} "
+                        f"{len(labels)} labels; fetch matching files")
+    return images, labels, images_path.name.split("-")[0]
+
+
 def _idx_file(root: Path, split: str) -> Path:
     if not root.is_dir():
         raise DataError(f"data.root {root} is not a folder; {HOW_TO_GET}")

@@ -28,6 +28,7 @@ from capsgan_dist.config import Config, model_hash, to_dict, to_yaml
 from capsgan_dist.data import EpochShuffle, build_dataset
 from capsgan_dist.dist import Dist, noise, scaled_lr, setup
 from capsgan_dist.errors import CheckpointError, NonFiniteError, UserError
+from capsgan_dist.metrics.evaluate import LoopEval
 from capsgan_dist.models import build_discriminator, build_generator
 from capsgan_dist.tracking import gpu_memory, make_tracker, rank_metrics_recorder
 
@@ -170,6 +171,7 @@ def _train(cfg: Config, dist: Dist, require_checkpoint: bool,
     real_batches = _real_batches(loader, dist, _d_updates_before(start, t.schedule))
     fixed_z = noise(t.n_samples, cfg.model.latent_dim, dist.device, cfg.seed, _FIXED_NOISE)
     clip = cfg.optim.grad_clip or math.inf
+    evaluate = LoopEval(cfg, dist)  # FID/KID/IS/PR every eval.every steps (off at 0)
 
     def d_step(step: int) -> dict[str, float]:
         real = next(real_batches)
@@ -243,6 +245,7 @@ def _train(cfg: Config, dist: Dist, require_checkpoint: bool,
                 _save_samples(G, dist, fixed_z, run_dir, done, tracker)
             if done % cfg.tracking.grid_every == 0 or done == t.steps:
                 _log_rank_grid(G, dist, cfg, done, tracker, run_dir)
+            evaluate(G, done, tracker)
             stop_now = dist.any(stop.raised is not None)
             if done % t.checkpoint_every == 0 or done == t.steps or stop_now:
                 checkpoint.save_checkpoint(dist, run_dir / "checkpoints", done, mhash, t.keep_checkpoints)

@@ -47,3 +47,17 @@ def mnist_dir() -> Path:
     if not (MNIST_DIR / "t10k-images-idx3-ubyte.gz").is_file():
         pytest.skip(f"real MNIST not found at {MNIST_DIR} (see ../shared/data/README.md)")
     return MNIST_DIR
+
+
+_CLASSIFIER: dict[str, Path] = {}
+
+
+@pytest.fixture
+def mnist_classifier(mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A LeNet trained through the CLI for 1 epoch on 8,000 real digits, once per session (~10 s)."""
+    if "path" not in _CLASSIFIER:
+        out = tmp_path_factory.mktemp("classifier") / "lenet.safetensors"
+        run_capsgan("classifier", "train", "--data", str(mnist_dir), "--arch", "lenet", "--out", str(out),
+                    "--epochs", "1", "--holdout", "2000", timeout=300)
+        _CLASSIFIER["path"] = out
+    return _CLASSIFIER["path"]

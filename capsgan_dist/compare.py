@@ -1,0 +1,300 @@
+"""The paper's experiment as numbers: CapsuleGAN vs the DCGAN baseline over several seeds.
+
+`capsgan compare configs/compare_mnist.yaml` trains every (model, seed) pair from one base train
+config (same generator, schedule, data and seeds; only the discriminator differs), with the
+training-loop evaluation on, then writes under `out_dir`: compare.json (every value), table.md
+(mean +- std over seeds), fid.png (FID vs step, mean and spread), ablation.png (routing
+iterations), and grid_step_XXXXXXX.png (fixed-noise samples side by side, paper Fig. 10).
+Finished runs are skipped and interrupted ones resumed, so the command can simply be rerun.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from capsgan_dist import checkpoint, plots
+from capsgan_dist.config import Config, load_config
+from capsgan_dist.errors import ConfigError, UserError
+
+TABLE_METRICS = ("fid", "kid", "is", "precision", "recall")
+DEFAULT_MODELS = {"capsgan": ["model.discriminator=capsule"], "dcgan": ["model.discriminator=conv"]}
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    name: str = "compare"
+    """Name of the experiment (used in titles)."""
+    base: str = "configs/mnist_capsgan.yaml"
+    """Train config every run starts from (path relative to the current folder)."""
+    overrides: list[str] = field(default_factory=list)
+    """Dotted train-config overrides applied to every run (data, tracking, ...)."""
+    models: dict[str, list[str]] = field(default_factory=dict)
+    """Compared models: name -> overrides that make it (only the discriminator should differ).
+    A file without `models` gets DEFAULT_MODELS (CapsuleGAN and the DCGAN baseline)."""
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    """Seeds; each model trains once per seed (weights, data order and noise follow the seed)."""
+    steps: int = 10000
+    """train.steps of every run."""
+    eval_every: int = 1000
+    """Steps between evaluations (eval.every); also the sample-grid interval."""
+    eval_n: int = 10000
+    """Generated images per evaluation (eval.n)."""
+    classifier: str = "classifiers/mnist-lenet.safetensors"
+    """Classifier file for the metrics (from `capsgan classifier train`)."""
+    grid_steps: list[int] = field(default_factory=lambda: [1000, 10000, 30000])
+    """Steps of the side-by-side sample grids (paper Fig. 10); steps beyond `steps` are left out."""
+    routing_ablation: list[int] = field(default_factory=list)
+    """Routing iterations to compare for `ablation_model` (e.g. [1, 2, 3, 5]); empty: no ablation."""
+    ablation_model: str = "capsgan"
+    """The model whose routing iterations the ablation varies."""
+    out_dir: str = "runs/compare"
+    """Folder of the runs and the report."""
+
+    def __post_init__(self) -> None:
+        if len(self.models) < 1 or not self.seeds:
+            raise ConfigError("compare needs at least one model and one seed")
+        if self.steps < 1 or self.eval_every < 1 or self.eval_n < 2:
+            raise ConfigError("compare: steps and eval_every must be >= 1 and eval_n >= 2")
+        if self.routing_ablation and self.ablation_model not in self.models:
+            raise ConfigError(f"compare: ablation_model={self.ablation_model!r} is not one of the models "
+                              f"({', '.join(self.models)})")
+        if any(r < 1 for r in self.routing_ablation):
+            raise ConfigError("compare: routing_ablation entries must be >= 1")
+
+
+def load_compare_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> CompareConfig:
+    """CompareConfig from defaults, a YAML file and dotted overrides (e.g. seeds=[0,1] steps=500)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"compare config {path} does not exist; see configs/compare_mnist.yaml")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path} must hold a mapping of compare settings")
+        # Dicts merge key by key, so defaults would leak into a file's own `models`: fill them here.
+        if "models" not in data and not any(o.startswith("models") for o in overrides):
+            data["models"] = DEFAULT_MODELS
+        merged = OmegaConf.merge(OmegaConf.structured(CompareConfig), OmegaConf.create(data),
+                                 OmegaConf.from_dotlist(list(overrides)))
+        return OmegaConf.to_object(merged)
+    except (OmegaConfBaseException, yaml.YAMLError) as e:
+        raise ConfigError(f"invalid compare config {path} (or overrides): {str(e).splitlines()[0]}") from None
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One trained configuration (a model, or a routing setting of the ablation) over all seeds."""
+
+    name: str
+    overrides: list[str]
+    group: str  # "models" or "ablation"
+
+
+def variants(cc: CompareConfig) -> list[Variant]:
+    """The compared models, then the ablation's routing settings (reusing a model that matches)."""
+    out = [Variant(name, list(ovs), "models") for name, ovs in cc.models.items()]
+    base_routing = _train_config(cc, cc.models.get(cc.ablation_model, []), cc.seeds[0], Path(".")).model.routing_iters
+    for r in cc.routing_ablation:
+        if r == base_routing:  # the model run itself is this point of the ablation
+            out.append(Variant(cc.ablation_model, list(cc.models[cc.ablation_model]), "ablation"))
+        else:
+            out.append(Variant(f"{cc.ablation_model}_r{r}",
+                               [*cc.models[cc.ablation_model], f"model.routing_iters={r}"], "ablation"))
+    return out
+
+
+def _train_config(cc: CompareConfig, variant_overrides: list[str], seed: int, run_dir: Path) -> Config:
+    return load_config(cc.base, [
+        *cc.overrides, *variant_overrides, f"seed={seed}", f"train.steps={cc.steps}",
+        f"train.run_dir={run_dir}", "resume=auto", f"eval.every={cc.eval_every}", f"eval.n={cc.eval_n}",
+        f"eval.classifier={cc.classifier}", f"train.sample_every={cc.eval_every}",
+    ])
+
+
+def _run_dir(cc: CompareConfig, variant: str, seed: int) -> Path:
+    return Path(cc.out_dir) / variant / f"seed{seed}"
+
+
+def _finished(run_dir: Path, steps: int) -> bool:
+    found = checkpoint.latest_valid(run_dir / "checkpoints")
+    return found is not None and int(found[1]["step"]) >= steps
+
+
+def run_all(cc: CompareConfig, log=print) -> bool:
+    """Train every (variant, seed) not finished yet, one after another; False if stopped by a signal."""
+    from capsgan_dist.train import train
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UserError("capsgan compare runs its trainings one after another in one process; "
+                        "launch it without torchrun/accelerate (each run's own config may still say "
+                        "how to train)")
+    todo = {(v.name, s): v for s in cc.seeds for v in variants(cc)}  # seed-major: early seeds complete first
+    for i, ((name, seed), v) in enumerate(todo.items(), 1):
+        run_dir = _run_dir(cc, name, seed)
+        if _finished(run_dir, cc.steps):
+            log(f"[{i}/{len(todo)}] {name} seed {seed}: finished earlier, skipped")
+            continue
+        log(f"[{i}/{len(todo)}] {name} seed {seed}: training {cc.steps} steps -> {run_dir}")
+        summary = train(_train_config(cc, v.overrides, seed, run_dir))
+        if summary["preempted"]:
+            log(f"[{i}/{len(todo)}] {name} seed {seed}: stopped on a signal at step {summary['step']} "
+                "(checkpoint saved); rerun the same command to resume")
+            return False
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+        log(f"[{i}/{len(todo)}] {name} seed {seed}: done in {summary['wall_s']:.0f}s")
+    return True
+
+
+def eval_curve(run_dir: Path) -> dict[int, dict[str, float]]:
+    """{step: {metric: value}} from the eval/ rows of a run's metrics.jsonl."""
+    curve: dict[int, dict[str, float]] = {}
+    for row in plots.read_metrics(run_dir / "metrics.jsonl"):
+        vals = {k[len("eval/"):]: v for k, v in row.items() if k.startswith("eval/")}
+        if vals:
+            curve.setdefault(int(row["step"]), {}).update(vals)
+    return curve
+
+
+def _mean_std(xs: list[float]) -> tuple[float, float]:
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+
+
+def aggregate(cc: CompareConfig) -> dict:
+    """Per variant and step: each metric's mean and std over seeds, plus every seed's raw value."""
+    out: dict = {"config": {k: getattr(cc, k) for k in CompareConfig.__dataclass_fields__}, "variants": {}}
+    for v in variants(cc):
+        if v.name in out["variants"]:
+            out["variants"][v.name]["groups"].append(v.group)
+            continue
+        curves = {s: eval_curve(_run_dir(cc, v.name, s)) for s in cc.seeds}
+        steps = sorted(set.intersection(*(set(c) for c in curves.values()))) if curves else []
+        rows = []
+        for step in steps:
+            row: dict = {"step": step}
+            for m in curves[cc.seeds[0]][step]:
+                vals = [curves[s][step][m] for s in cc.seeds if m in curves[s][step]]
+                row[m], row[m + "_sd"] = _mean_std(vals)
+                row[m + "_seeds"] = vals
+            rows.append(row)
+        wall = []
+        for s in cc.seeds:
+            p = _run_dir(cc, v.name, s) / "summary.json"
+            if p.is_file():
+                wall.append(json.loads(p.read_text())["wall_s"])
+        out["variants"][v.name] = {"groups": [v.group], "rows": rows, "wall_s_seeds": wall}
+    return out
+
+
+def _fmt(row: dict, m: str) -> str:
+    if m not in row:
+        return "-"
+    digits = 4 if m == "kid" else 3 if m in ("precision", "recall") else 2
+    return f"{row[m]:.{digits}f} ± {row[m + '_sd']:.{digits}f}"
+
+
+def table(agg: dict, group: str = "models") -> str:
+    """Markdown table: every evaluated step of every variant in `group`, mean ± std over seeds."""
+    lines = ["| model | step | " + " | ".join(TABLE_METRICS) + " |", "|---|---:|" + "---:|" * len(TABLE_METRICS)]
+    for name, v in agg["variants"].items():
+        if group in v["groups"]:
+            for row in v["rows"]:
+                lines.append(f"| {name} | {row['step']} | " + " | ".join(_fmt(row, m) for m in TABLE_METRICS) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_curves(agg: dict, group: str, metric: str, out: Path, title: str) -> None:
+    """`metric` vs step for each variant of `group`: mean line, min-max band over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, v in agg["variants"].items():
+        rows = [r for r in v["rows"] if metric in r]
+        if group not in v["groups"] or not rows:
+            continue
+        steps = [r["step"] for r in rows]
+        line, = ax.plot(steps, [r[metric] for r in rows], marker="o", ms=3,
+                        label=f"{name} (n={len(rows[0][metric + '_seeds'])} seeds)")
+        ax.fill_between(steps, [min(r[metric + "_seeds"]) for r in rows], [max(r[metric + "_seeds"]) for r in rows],
+                        color=line.get_color(), alpha=0.2)
+    ax.set_xlabel("training step")
+    ax.set_ylabel(metric.upper() + " (classifier features)" if metric in ("fid", "kid") else metric)
+    if metric == "fid":
+        ax.set_yscale("log")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def sample_grids(cc: CompareConfig, out_dir: Path) -> list[Path]:
+    """One PNG per grid step: the models' fixed-noise sample grids side by side (first seed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    seed, written = cc.seeds[0], []
+    names = list(cc.models)
+    for step in cc.grid_steps:
+        pngs = [_run_dir(cc, n, seed) / "samples" / f"step_{step:06d}.png" for n in names]
+        if not all(p.is_file() for p in pngs):
+            continue
+        fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 4.3))
+        for ax, name, png in zip(list(axes) if len(names) > 1 else [axes], names, pngs):
+            ax.imshow(plt.imread(png), cmap="gray")
+            ax.set_title(f"{name}, step {step}")
+            ax.axis("off")
+        fig.suptitle(f"{cc.name}: fixed noise, seed {seed}")
+        fig.tight_layout()
+        path = out_dir / f"grid_step_{step:07d}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def report(cc: CompareConfig) -> dict:
+    """Aggregate finished runs and write compare.json, table.md and the plots."""
+    out_dir = Path(cc.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    agg = aggregate(cc)
+    text = f"# {cc.name}: {', '.join(cc.models)}; {len(cc.seeds)} seeds, {cc.steps} steps\n\n" + table(agg)
+    text += "\nTraining wall time per run (s, evaluations included): " + ", ".join(
+        f"{name} {statistics.fmean(v['wall_s_seeds']):.0f}" for name, v in agg["variants"].items()
+        if v["wall_s_seeds"]) + "\n"
+    if cc.routing_ablation:
+        text += f"\n## Routing iterations ({cc.ablation_model})\n\n" + table(agg, "ablation")
+    (out_dir / "table.md").write_text(text)
+    plot_curves(agg, "models", "fid", out_dir / "fid.png", f"{cc.name}: FID vs step (mean, min-max over seeds)")
+    if cc.routing_ablation:
+        plot_curves(agg, "ablation", "fid", out_dir / "ablation.png", f"{cc.name}: routing iterations, FID vs step")
+    agg["grids"] = [str(p) for p in sample_grids(cc, out_dir)]
+    (out_dir / "compare.json").write_text(json.dumps(agg, indent=1) + "\n")
+    return agg
+
+
+def compare(cc: CompareConfig, log=print) -> dict | None:
+    """Train what is missing, then write the report; returns the aggregate (None if stopped early)."""
+    skipped = [s for s in cc.grid_steps if s > cc.steps or (s % cc.eval_every and s != cc.steps)]
+    if skipped:
+        log(f"grid steps {skipped} are beyond {cc.steps} steps or off the {cc.eval_every}-step sample "
+            "interval: left out")
+    if not run_all(cc, log):
+        return None
+    return report(cc)
+
+
+__all__ = ["CompareConfig", "load_compare_config", "compare", "report", "aggregate", "eval_curve", "table"]

@@ -1,0 +1,135 @@
+"""The metrics' feature network: train a classifier on a labelled IDX dataset, save it, load it.
+
+A file `X.safetensors` holds the weights (read weights-only) and `X.json` beside it the
+architecture, its arguments, the dataset and the held-out accuracy.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from capsgan_dist.data import load_idx_labeled
+from capsgan_dist.errors import CheckpointError, DataError, UserError
+from capsgan_dist.models.classifiers import CLASSIFIERS
+
+FORMAT = 1
+
+
+def _to_unit(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, C, H, W) -> float in [-1, 1], the GAN's data range."""
+    return images.float().div(127.5).sub(1.0)
+
+
+def labelled_split(root: Path, holdout: int, seed: int) -> tuple[torch.Tensor, ...]:
+    """(train_x, train_y, test_x, test_y, info) of an IDX folder.
+
+    With both train-* and t10k-* files: train on train, test on t10k. With only one split (MNIST
+    here has just the 10,000 test digits): a seeded random `holdout` images are held out.
+    """
+    root = Path(root)
+    try:
+        test_x, test_y, _ = load_idx_labeled(root, "test")
+        train_x, train_y, _ = load_idx_labeled(root, "train")
+        info = {"split": "train -> t10k", "n_train": len(train_x), "n_test": len(test_x)}
+        return train_x, train_y, test_x, test_y, info
+    except DataError:
+        pass
+    images, labels, name = load_idx_labeled(root, "auto")
+    if not 0 < holdout < len(images):
+        raise UserError(f"--holdout {holdout} must be between 1 and {len(images) - 1} "
+                        f"({root} has one split, {name}, of {len(images)} images)")
+    perm = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
+    test, train = perm[:holdout], perm[holdout:]
+    info = {"split": f"{name} only: seeded random {len(train)} train / {holdout} held out (seed {seed})",
+            "n_train": len(train), "n_test": holdout}
+    return images[train], labels[train], images[test], labels[test], info
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 500) -> float:
+    """Top-1 accuracy of `model` on uint8 images x and labels y."""
+    was = model.training
+    model.eval()
+    right = sum((model(_to_unit(x[i:i + batch])).argmax(1) == y[i:i + batch]).sum().item()
+                for i in range(0, len(x), batch))
+    model.train(was)
+    return right / len(x)
+
+
+def train_classifier(data: Path, arch: str, out: Path, epochs: float = 5, batch: int = 64, lr: float = 1e-3,
+                     seed: int = 0, holdout: int = 2000, arch_kwargs: dict | None = None,
+                     log=print) -> dict:
+    """Train `arch` on the IDX folder `data`, save it to `out`; returns the saved metadata."""
+    if arch not in CLASSIFIERS:
+        raise UserError(f"--arch {arch!r} is not known; choose one of {', '.join(CLASSIFIERS)}")
+    if epochs <= 0 or batch < 1 or lr <= 0:
+        raise UserError(f"--epochs ({epochs}), --batch ({batch}) and --lr ({lr}) must be positive")
+    train_x, train_y, test_x, test_y, info = labelled_split(Path(data), holdout, seed)
+    _, c, h, w = train_x.shape
+    n_classes = int(max(train_y.max(), test_y.max())) + 1
+    torch.manual_seed(seed)
+    kwargs = {"image_size": h, "channels": c, "n_classes": n_classes, **(arch_kwargs or {})}
+    model = CLASSIFIERS[arch](**kwargs)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    steps = max(1, math.ceil(epochs * len(train_x) / batch))  # fractional epochs allowed
+    g = torch.Generator().manual_seed(seed + 1)
+    order = torch.empty(0, dtype=torch.long)
+    t0, losses = time.perf_counter(), []
+    model.train()
+    for step in range(steps):
+        if len(order) < batch:
+            order = torch.cat([order, torch.randperm(len(train_x), generator=g)])
+        idx, order = order[:batch], order[batch:]
+        loss, _ = model.training_loss(_to_unit(train_x[idx]), train_y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        if (step + 1) % max(1, steps // 10) == 0 or step + 1 == steps:
+            log(f"step {step + 1}/{steps} loss {sum(losses) / len(losses):.4f} "
+                f"({time.perf_counter() - t0:.0f}s)")
+            losses = []
+    seconds = time.perf_counter() - t0
+    acc = accuracy(model, test_x, test_y)
+    meta = {"format": FORMAT, "arch": arch, "arch_kwargs": kwargs, "image_shape": [c, h, w],
+            "dataset": {"root": str(data), **info}, "accuracy": acc, "epochs": epochs, "batch": batch,
+            "lr": lr, "seed": seed, "steps": steps, "train_seconds": round(seconds, 1)}
+    save_classifier(model, meta, Path(out))
+    return meta
+
+
+def _paths(path: Path) -> tuple[Path, Path]:
+    path = Path(path)
+    weights = path if path.suffix == ".safetensors" else path.with_name(path.name + ".safetensors")
+    return weights, weights.with_suffix(".json")
+
+
+def save_classifier(model: nn.Module, meta: dict, path: Path) -> Path:
+    """Write `path` (.safetensors, weights) and the .json metadata beside it."""
+    weights, info = _paths(path)
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
+    info.write_text(json.dumps(meta, indent=1) + "\n")
+    return weights
+
+
+def load_classifier(path: str | Path) -> tuple[nn.Module, dict]:
+    """The classifier (eval mode) and its metadata; weights are read weights-only (safetensors)."""
+    weights, info = _paths(Path(path))
+    if not weights.is_file() or not info.is_file():
+        raise CheckpointError(f"classifier {weights} (+ {info.name}) not found; train one with "
+                              "`capsgan classifier train --data DIR --arch lenet --out PATH`")
+    try:
+        meta = json.loads(info.read_text())
+        model = CLASSIFIERS[meta["arch"]](**meta["arch_kwargs"])
+        model.load_state_dict(load_file(str(weights)))
+    except Exception as e:  # bad JSON, unknown arch, wrong keys or shapes, torn file
+        raise CheckpointError(f"cannot load classifier {weights}: {type(e).__name__}: {e}") from None
+    return model.eval(), meta

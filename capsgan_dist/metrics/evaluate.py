@@ -1,0 +1,134 @@
+"""Evaluate generators: a run's checkpoints (`capsgan eval` -> eval.json) and the training-loop hook.
+
+Real images are the run's own dataset; generated ones come from fixed noise, so evaluations at
+different steps (and of different models with the same seed) see the same latents.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from capsgan_dist import checkpoint
+from capsgan_dist.config import Config, EvalConfig, load_config, model_hash
+from capsgan_dist.data import load_images
+from capsgan_dist.dist import noise
+from capsgan_dist.errors import CheckpointError, DataError, UserError
+from capsgan_dist.metrics import MetricSuite
+from capsgan_dist.metrics.classifier import load_classifier
+from capsgan_dist.models import build_generator
+
+_EVAL_NOISE = 5  # salt of the evaluation latents (train.py uses 1-4)
+
+
+def real_images(cfg: Config) -> torch.Tensor:
+    """The run's dataset as float (N, C, H, W) in [-1, 1]."""
+    return load_images(cfg.data).float().div(127.5).sub(1.0)
+
+
+def check_shapes(meta: dict, cfg: Config, classifier_path: str | Path) -> None:
+    """The classifier must take the run's images; a different dataset only earns a warning."""
+    want = [cfg.data.channels, cfg.data.image_size, cfg.data.image_size]
+    if list(meta["image_shape"]) != want:
+        raise DataError(f"classifier {classifier_path} takes {meta['image_shape']} (CxHxW) images but the run "
+                        f"makes {want}; train a classifier on the run's dataset")
+
+
+@torch.no_grad()
+def generate(G: nn.Module, z: torch.Tensor, batch: int) -> torch.Tensor:
+    """G(z) in eval mode, in batches, as float on the CPU."""
+    was = G.training
+    G.eval()
+    out = torch.cat([G(z[i:i + batch]).float().cpu() for i in range(0, len(z), batch)])
+    G.train(was)
+    return out
+
+
+def _suite(classifier_path: str | Path, cfg: Config, settings: EvalConfig,
+           device: torch.device) -> tuple[MetricSuite, dict]:
+    """Metrics against the run's real data, and the classifier's metadata."""
+    clf, meta = load_classifier(classifier_path)
+    check_shapes(meta, cfg, classifier_path)
+    suite = MetricSuite(clf.to(device), settings, seed=cfg.seed)
+    suite.set_real(real_images(cfg))
+    return suite, meta
+
+
+def evaluate_run(run_dir: Path, n: int | None = None, classifier: str | None = None,
+                 all_checkpoints: bool = False, out: Path | None = None) -> dict:
+    """Metrics of the newest (or every) valid checkpoint of a run; writes `<run>/eval.json`."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise UserError(f"{run_dir} has no config.yaml; pass the folder of a training run")
+    cfg = load_config(run_dir / "config.yaml")
+    clf_path = classifier or cfg.eval.classifier
+    if not clf_path:
+        raise UserError("no classifier: pass --classifier PATH (from `capsgan classifier train`) "
+                        "or set eval.classifier in the run's config")
+    settings = dataclasses.replace(cfg.eval, n=n or cfg.eval.n)
+    paths = checkpoint.list_checkpoints(run_dir / "checkpoints")
+    if not all_checkpoints:
+        found = checkpoint.latest_valid(run_dir / "checkpoints")
+        paths = [found[0]] if found else []
+    if not paths:
+        raise CheckpointError(f"no valid checkpoint in {run_dir / 'checkpoints'}")
+    t0 = time.perf_counter()
+    suite, meta = _suite(clf_path, cfg, settings, torch.device("cpu"))
+    z = noise(settings.n, cfg.model.latent_dim, torch.device("cpu"), cfg.seed, _EVAL_NOISE)
+    results = []
+    for path in paths:
+        try:
+            manifest = checkpoint.verify(path)
+        except CheckpointError as e:
+            warnings.warn(f"skipping {e}", stacklevel=2)
+            continue
+        if manifest["model_hash"] != model_hash(cfg):
+            raise CheckpointError(f"{path} does not match {run_dir / 'config.yaml'} (different model config)")
+        weights = path / "G" / "model.safetensors"
+        if not weights.is_file():
+            raise CheckpointError(f"{weights} not found; eval reads Accelerate's safetensors checkpoints")
+        G = build_generator(cfg)
+        G.load_state_dict(load_file(str(weights)))
+        scores = suite.score(generate(G, z, settings.batch))
+        results.append({"step": int(manifest["step"]), "checkpoint": str(path), **scores})
+    report = {"run": str(run_dir), "classifier": str(clf_path), "classifier_arch": meta["arch"],
+              "classifier_dataset": meta["dataset"]["root"], "classifier_accuracy": meta["accuracy"],
+              "data": dataclasses.asdict(cfg.data),
+              "n_fake": settings.n, "metrics": list(settings.metrics), "reference": suite.reference(),
+              "checkpoints": results, "seconds": round(time.perf_counter() - t0, 1)}
+    out = Path(out) if out else run_dir / "eval.json"
+    out.write_text(json.dumps(report, indent=1) + "\n")
+    return report
+
+
+class LoopEval:
+    """Training-loop hook: every eval.every steps all ranks sample, the main process scores and logs."""
+
+    def __init__(self, cfg: Config, dist) -> None:
+        self.cfg, self.dist, self.every = cfg, dist, cfg.eval.every
+        if not self.every:
+            return
+        per_rank = math.ceil(cfg.eval.n / dist.world)
+        self.z = noise(per_rank, cfg.model.latent_dim, dist.device, cfg.seed, dist.rank, _EVAL_NOISE)
+        self.suite = _suite(cfg.eval.classifier, cfg, cfg.eval, dist.device)[0] if dist.is_main else None
+
+    def __call__(self, G: nn.Module, step: int, tracker) -> None:
+        """Score G at `step` if an evaluation is due (every rank must call this)."""
+        if not self.every or (step % self.every and step != self.cfg.train.steps):
+            return
+        t0 = time.perf_counter()
+        g = self.dist.acc_g.unwrap_model(G)
+        fake = self.dist.gather(generate(g, self.z, self.cfg.eval.batch).to(self.dist.device))
+        if self.suite is not None:
+            scores = self.suite.score(fake[: self.cfg.eval.n].cpu())
+            scores.update(n=float(min(len(fake), self.cfg.eval.n)), ranks=float(self.dist.world),
+                          seconds=time.perf_counter() - t0)
+            tracker.log(step, {f"eval/{k}": v for k, v in scores.items()})

@@ -1,0 +1,57 @@
+"""`capsgan eval` and the training-loop evaluation, through the real CLI (1 and 2 processes)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from conftest import DEBUG_CONFIG, run_capsgan
+
+from capsgan_dist.config import load_config, to_yaml
+from capsgan_dist.metrics.evaluate import evaluate_run
+from capsgan_dist.plots import read_metrics
+
+
+def _train_debug(run_dir: Path, classifier: Path, *extra: str, nproc: int = 1) -> list[dict]:
+    run_capsgan("train", str(DEBUG_CONFIG), f"train.run_dir={run_dir}", "train.progress=false",
+                "eval.every=10", "eval.n=101", f"eval.classifier={classifier}", "eval.kid_subsets=10",
+                *extra, nproc=nproc, timeout=300)
+    return [r for r in read_metrics(run_dir / "metrics.jsonl") if "eval/fid" in r]
+
+
+def test_training_loop_evaluates_every_n_steps_and_eval_writes_eval_json(tmp_path: Path, mnist_classifier: Path):
+    run = tmp_path / "run"
+    rows = _train_debug(run, mnist_classifier)
+    assert [r["step"] for r in rows] == [10, 20]  # debug.yaml: 20 steps, eval.every=10
+    for r in rows:
+        assert r["eval/n"] == 101 and r["eval/ranks"] == 1
+        assert all(math.isfinite(r[f"eval/{k}"]) for k in ("fid", "kid", "is", "precision", "recall"))
+
+    proc = run_capsgan("eval", "--run", str(run), "--n", "150", "--all", timeout=300)
+    assert "wrote" in proc.stdout
+    report = json.loads((run / "eval.json").read_text())
+    assert [c["step"] for c in report["checkpoints"]] == [10, 20]
+    assert report["n_fake"] == 150 and report["classifier"] == str(mnist_classifier)
+    assert report["classifier_accuracy"] > 0.85 and report["reference"]["is_real"] > 1
+    assert all(c["fid"] > 0 and 0 <= c["precision"] <= 1 for c in report["checkpoints"])
+
+    newest = evaluate_run(run, n=150)  # default: the newest checkpoint only (in-process, saves a start-up)
+    assert [c["step"] for c in newest["checkpoints"]] == [20]
+    # same latents, same weights, same real set (thread counts may differ: tolerance for float sums)
+    assert newest["checkpoints"][0]["fid"] == pytest.approx(report["checkpoints"][1]["fid"], rel=1e-5)
+
+
+def test_eval_samples_on_both_ranks_and_scores_on_the_main_process(tmp_path: Path, mnist_classifier: Path):
+    rows = _train_debug(tmp_path / "run", mnist_classifier, nproc=2)
+    assert [r["step"] for r in rows] == [10, 20]
+    assert all(r["eval/ranks"] == 2 and r["eval/n"] == 101 for r in rows)  # 2 x 51 gathered, cut to 101
+
+
+def test_eval_without_a_classifier_is_a_one_line_user_error(tmp_path: Path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(to_yaml(load_config(DEBUG_CONFIG)))
+    proc = run_capsgan("eval", "--run", str(run), check=False, timeout=300)
+    assert proc.returncode == 2 and "--classifier" in proc.stderr and "Traceback" not in proc.stderr

@@ -1,0 +1,177 @@
+"""Sample-quality metrics: closed forms on Gaussian features, and sanity on real MNIST digits."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision.transforms.functional as TF
+
+from capsgan_dist.config import EvalConfig, load_config
+from capsgan_dist.data import read_idx_images
+from capsgan_dist.errors import CheckpointError, ConfigError
+from capsgan_dist.metrics import METRICS, Features, MetricSuite
+from capsgan_dist.metrics.classifier import accuracy, labelled_split, load_classifier, save_classifier
+from capsgan_dist.models.classifiers import CapsNet, LeNet
+
+SETTINGS = EvalConfig(kid_subsets=50, kid_subset_size=500)
+
+
+def _gauss(n: int, d: int, seed: int, mean: float = 0.0, std: float = 1.0) -> Features:
+    g = torch.Generator().manual_seed(seed)
+    f = (mean + std * torch.randn(n, d, generator=g)).double()
+    return Features(f, torch.zeros(n, 10, dtype=torch.float64))
+
+
+def _score(name: str, real: Features, fake: Features, settings: EvalConfig = SETTINGS) -> dict[str, float]:
+    m = METRICS[name](real.features.shape[1], settings, seed=0)
+    m.set_real(real)
+    return m.score(fake)
+
+
+def test_metrics_are_registered_by_name():
+    assert {"fid", "kid", "is", "pr"} <= set(METRICS)
+
+
+def test_fid_matches_the_closed_form_for_gaussians():
+    # FID(N(0, I), N(m, s^2 I)) = d m^2 + d (1 + s^2 - 2 s); d = 8.
+    real = _gauss(8000, 8, seed=1)
+    assert _score("fid", real, _gauss(8000, 8, seed=2, mean=1.0))["fid"] == pytest.approx(8.0, abs=0.6)
+    assert _score("fid", real, _gauss(8000, 8, seed=3, std=2.0))["fid"] == pytest.approx(8.0, abs=0.6)
+    assert _score("fid", real, _gauss(8000, 8, seed=4))["fid"] < 0.1
+
+
+def test_kid_is_unbiased_near_zero_for_identical_distributions():
+    real = _gauss(2000, 16, seed=1)
+    same = _score("kid", real, _gauss(2000, 16, seed=2))
+    shifted = _score("kid", real, _gauss(2000, 16, seed=3, mean=0.3))
+    assert abs(same["kid"]) < 2 * same["kid_std"]  # zero within its own spread (may be negative)
+    assert abs(same["kid"]) < 0.05 * shifted["kid"]
+    assert shifted["kid"] > 3 * shifted["kid_std"]
+
+
+def test_inception_score_is_number_of_classes_for_confident_balanced_logits():
+    labels = torch.arange(1000) % 10
+    confident = Features(torch.zeros(1000, 1).double(), 30.0 * torch.nn.functional.one_hot(labels, 10).double())
+    collapsed = Features(torch.zeros(1000, 1).double(), 30.0 * torch.nn.functional.one_hot(labels * 0, 10).double())
+    # 10 random splits of 100: each split's classes are only roughly balanced, hence ~9.7, not 10
+    assert 9.5 < _score("is", confident, confident)["is"] <= 10.0
+    assert _score("is", confident, collapsed)["is"] == pytest.approx(1.0, rel=1e-3)
+
+
+def test_precision_recall_separate_quality_from_coverage():
+    real = _gauss(1500, 4, seed=1)
+    same = _score("pr", real, _gauss(1500, 4, seed=2))
+    far = _score("pr", real, _gauss(1500, 4, seed=3, mean=20.0))
+    collapsed = _score("pr", real, _gauss(1500, 4, seed=4, std=0.2))  # inside the real manifold, narrow
+    assert same["precision"] > 0.8 and same["recall"] > 0.8
+    assert far["precision"] == 0.0 and far["recall"] == 0.0
+    assert collapsed["precision"] > 0.95 and collapsed["recall"] < 0.3
+
+
+def test_eval_config_rejects_unknown_metric_and_missing_classifier():
+    with pytest.raises(ConfigError, match="fid"):
+        load_config(None, ["eval.metrics=[fod]"])
+    with pytest.raises(ConfigError, match="eval.classifier"):
+        load_config(None, ["eval.every=10"])
+    with pytest.raises(ConfigError, match="eval.n=3 is too small"):
+        load_config(None, ["eval.n=3"])
+
+
+def test_load_classifier_rejects_weights_that_do_not_fit_the_metadata(tmp_path: Path):
+    meta = {"arch": "capsnet", "arch_kwargs": {}, "image_shape": [1, 28, 28]}
+    save_classifier(LeNet(), meta, tmp_path / "c.safetensors")
+    with pytest.raises(CheckpointError, match="cannot load classifier"):
+        load_classifier(tmp_path / "c.safetensors")
+    with pytest.raises(CheckpointError, match="not found"):
+        load_classifier(tmp_path / "missing.safetensors")
+
+
+def test_single_split_folder_holds_out_a_seeded_disjoint_set(mnist_dir: Path):
+    tx, ty, vx, vy, info = labelled_split(mnist_dir, 2000, seed=0)
+    assert (len(tx), len(vx)) == (8000, 2000) and len(ty) == 8000 and len(vy) == 2000
+    again = labelled_split(mnist_dir, 2000, seed=0)
+    assert torch.equal(vx, again[2]) and torch.equal(vy, again[3])
+    # disjoint: no held-out digit appears among the training digits
+    train_rows = {bytes(r) for r in tx.flatten(1).numpy()}
+    assert not any(bytes(r) in train_rows for r in vx.flatten(1).numpy()[:200])
+    assert "8000 train / 2000 held out" in info["split"]
+
+
+# --- On real digits, in a briefly trained LeNet's feature space -------------------------------
+
+_SUITE: dict[str, object] = {}
+
+
+@pytest.fixture
+def mnist_suite(mnist_classifier: Path, mnist_dir: Path) -> tuple[MetricSuite, torch.Tensor]:
+    """Metrics with 2,000 real digits as reference, and 2,000 other real digits."""
+    if not _SUITE:
+        clf, _ = load_classifier(mnist_classifier)
+        x = read_idx_images(mnist_dir / "t10k-images-idx3-ubyte.gz").float() / 127.5 - 1
+        perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
+        suite, fid_only = MetricSuite(clf, SETTINGS), MetricSuite(clf, EvalConfig(metrics=["fid"]))
+        suite.set_real(x[perm[:2000]])
+        fid_only.set_real(x[perm[:2000]])
+        _SUITE.update(suite=suite, fid=fid_only, other=x[perm[2000:4000]])
+    return _SUITE["suite"], _SUITE["other"]
+
+
+@pytest.fixture
+def mnist_fid(mnist_suite) -> tuple[MetricSuite, torch.Tensor]:
+    """Like mnist_suite, FID only (cheaper for the sweeps)."""
+    return _SUITE["fid"], _SUITE["other"]
+
+
+def test_classifier_trains_to_well_above_chance_and_reloads_weights_only(mnist_classifier: Path, mnist_dir: Path):
+    meta = json.loads(mnist_classifier.with_suffix(".json").read_text())
+    assert meta["arch"] == "lenet" and meta["dataset"]["n_test"] == 2000
+    assert meta["accuracy"] > 0.85, meta  # chance is 0.10; 1 epoch on 8,000 digits gives ~0.94
+    clf, _ = load_classifier(mnist_classifier)
+    _, _, vx, vy, _ = labelled_split(mnist_dir, 2000, seed=0)
+    assert accuracy(clf, vx, vy) == pytest.approx(meta["accuracy"])
+
+
+def test_fid_of_real_split_is_near_zero_and_far_below_noise(mnist_suite):
+    suite, other = mnist_suite
+    real = suite.score(other)
+    noise = suite.score(torch.rand(2000, 1, 28, 28, generator=torch.Generator().manual_seed(1)) * 2 - 1)
+    assert real["fid"] < 10 and real["fid"] < 0.02 * noise["fid"], (real, noise)
+    assert abs(real["kid"]) < 0.01 * noise["kid"], (real, noise)
+    assert real["precision"] > 0.8 and real["recall"] > 0.8 and noise["recall"] < 0.05
+    assert real["is"] > 5 > noise["is"]
+
+
+def test_fid_rises_monotonically_with_gaussian_noise(mnist_fid):
+    suite, other = mnist_fid
+    g = torch.Generator().manual_seed(2)
+    fids = [suite.score((other + s * torch.randn(other.shape, generator=g)).clamp(-1, 1))["fid"]
+            for s in (0.0, 0.1, 0.2, 0.4, 0.8)]
+    assert all(a < b for a, b in zip(fids, fids[1:])), fids
+
+
+def test_fid_rises_monotonically_with_blur(mnist_fid):
+    suite, other = mnist_fid
+    fids = [suite.score(other)["fid"]] + [suite.score(TF.gaussian_blur(other, 7, s))["fid"] for s in (0.5, 1.0, 2.0)]
+    assert all(a < b for a, b in zip(fids, fids[1:])), fids
+
+
+def test_capsnet_starts_unsaturated_and_its_loss_falls():
+    torch.manual_seed(0)
+    x = torch.rand(32, 1, 28, 28) * 2 - 1
+    # Paper size: class capsules must start short, or the margin loss sits at 9 * 0.5 * 0.9^2.
+    lengths = CapsNet()(x[:4]).exp()
+    assert lengths.max() < 0.1, lengths  # the GAN-style init gave ~0.5 here, ~1 on digits
+    small = CapsNet(conv1_channels=16, primary_channels=4)
+    y = torch.arange(32) % 10
+    opt = torch.optim.Adam(small.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(15):
+        loss, _ = small.training_loss(x, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0], losses
