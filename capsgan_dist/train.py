@@ -140,6 +140,9 @@ def _train(cfg: Config, dist: Dist, require_checkpoint: bool,
     found = checkpoint.latest_valid(run_dir / "checkpoints") if (cfg.resume == "auto" or require_checkpoint) else None
     if found:
         start = checkpoint.load_checkpoint(dist, found[0], found[1], mhash)
+        for opt, lr in ((opt_g, cfg.optim.lr_g), (opt_d, cfg.optim.lr_d)):  # the config's lrs win (PBT, overrides)
+            for group in opt.param_groups:
+                group["lr"] = scaled_lr(lr, cfg.optim.scale_lr, dist.world)
     elif require_checkpoint:
         raise CheckpointError(f"no valid checkpoint in {run_dir / 'checkpoints'} to resume from; "
                               "start a new run without --resume")
