@@ -11,7 +11,7 @@ from typing import Any
 
 from capsgan_dist.config import replace, to_yaml
 from capsgan_dist.sweep_config import SweepConfig
-from capsgan_dist.tune_trial import ATTEMPTS, SUMMARY, plain, trial_config
+from capsgan_dist.tune_trial import ATTEMPTS, RESTORED, SUMMARY, plain, run_folder, trial_config
 
 SHOWN_METRICS = ("loss_d", "loss_g", "acc_d", "d_real", "d_fake")
 UNFINISHED = ("PENDING", "RUNNING", "PAUSED")
@@ -47,7 +47,7 @@ def trial_rows(trials: list, sweep: SweepConfig, base: dict) -> list[dict[str, A
     rows = []
     for t in trials:
         last = t.last_result or {}
-        run_dir = Path(t.path) / "run"
+        run_dir = run_folder(Path(t.path), sweep.name, t.trial_id)
         attempts = (run_dir / ATTEMPTS).read_text().count("\n") if (run_dir / ATTEMPTS).is_file() else 0
         summary = json.loads((run_dir / SUMMARY).read_text()) if (run_dir / SUMMARY).is_file() else {}
         step = int(last.get("step", 0))
@@ -56,6 +56,9 @@ def trial_rows(trials: list, sweep: SweepConfig, base: dict) -> list[dict[str, A
                                sweep.metric: last.get(sweep.metric), "step": step}
         row.update({k: plain(t.config.get(k)) for k in sweep.searched})
         row.update({k: last.get(k) for k in SHOWN_METRICS})
+        if sweep.scheduler.name == "pbt":  # the last clone: "<donor trial>@<step>"
+            clone = (run_dir / RESTORED).is_file() and json.loads((run_dir / RESTORED).read_text())
+            row["cloned_from"] = f"{clone['trial_id']}@{clone['step']}" if clone else ""
         row.update({"world_size": summary.get("world_size"), "attempts": attempts,
                     "run_dir": str(run_dir), "error": _first_error_line(t) if t.status == "ERROR" else ""})
         rows.append(row)

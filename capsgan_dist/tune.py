@@ -2,7 +2,7 @@
 
 Layout of a sweep folder `<out_dir>/<name>/`:
   sweep.yaml         the resolved sweep config and base training config (checked on resume)
-  tune/              Ray Tune's experiment; tune/trial_<id>/run/ is each trial's run folder
+  tune/              Ray Tune's experiment; tune/trial_<id>/<name>-<id>/ is each trial's run folder
   ray/               Ray's temp files for an embedded Ray (a link to a short /tmp path if needed)
   results.csv/.md    one row per trial, sorted by the metric
   best_config.yaml   the best trial's training config, ready for `capsgan train`
@@ -89,7 +89,7 @@ def _scheduler(sweep: SweepConfig, steps: int):
         ranges = {k: sweep.searched[k] for k in s.mutations}
         mutations = {k: (tune.loguniform if "loguniform" in r else tune.uniform)(*next(iter(r.values())))
                      for k, r in ranges.items()}
-        return PopulationBasedTraining(time_attr="step", perturbation_interval=s.perturbation_interval,
+        return PopulationBasedTraining(time_attr="checkpoint_step", perturbation_interval=s.perturbation_interval,
                                        hyperparam_mutations=mutations, quantile_fraction=s.quantile_fraction,
                                        resample_probability=s.resample_probability, require_attrs=False)
     return FIFOScheduler()
@@ -161,9 +161,10 @@ def run_sweep(sweep: SweepConfig, address: str | None = None, require_resume: bo
     (sweep_dir / "sweep.yaml").write_text(yaml.safe_dump(record, sort_keys=False))
 
     init_ray(sweep, sweep_dir, address)
-    meta = {"metric": sweep.metric, "workers_per_trial": sweep.workers_per_trial, "exp_dir": str(exp_dir),
+    meta = {"name": sweep.name, "metric": sweep.metric, "exp_dir": str(exp_dir),
             "tune_checkpoints": sweep.scheduler.name == "pbt",  # only PBT needs them: resumes use the run folder
-            "cpus_per_trial": sweep.cpus_per_trial, "gpus_per_trial": sweep.gpus_per_trial}
+            "workers_per_trial": sweep.workers_per_trial, "cpus_per_trial": sweep.cpus_per_trial,
+            "gpus_per_trial": sweep.gpus_per_trial}
     if sweep.workers_per_trial > 1:
         # The trial only drives a TorchTrainer whose workers reserve their own; Ray needs a nonzero request.
         resources = {"cpu": DRIVER_CPU}
@@ -209,9 +210,10 @@ def _tune_config(sweep: SweepConfig, base: dict):
 def _run_config(sweep: SweepConfig, sweep_dir: Path):
     from ray import tune
 
+    # Only PBT trials report Tune checkpoints (copies of run checkpoints that others may clone).
     return tune.RunConfig(name=EXPERIMENT, storage_path=str(sweep_dir), verbose=1,
                           failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
-                          checkpoint_config=tune.CheckpointConfig(num_to_keep=2))
+                          checkpoint_config=tune.CheckpointConfig(num_to_keep=4))
 
 
 def sweep_command(config: str, overrides: list[str], address: str | None, resume: bool) -> int:

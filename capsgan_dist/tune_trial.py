@@ -1,6 +1,6 @@
 """One Ray Tune trial: build its training config, prepare its run folder, run `train()` and report.
 
-The trial's run folder (`<trial dir>/run`) is an ordinary `capsgan train` run folder: config.yaml,
+The trial's run folder (`<trial dir>/<sweep>-<trial id>`) is an ordinary `capsgan train` run folder: config.yaml,
 metrics.jsonl, checkpoints/. Its checkpoints are the source of truth for resuming: a retried or
 resumed trial continues from its newest valid checkpoint. Every new checkpoint is also reported to
 Tune as a copy, so Population Based Training can clone it into another trial (exploit), which then
@@ -28,6 +28,11 @@ ORIGIN = "origin.json"  # inside a reported Tune checkpoint: which trial and ste
 RESTORED = "restored_from.json"  # in a run folder: the foreign checkpoint it was last cloned from
 ATTEMPTS = "attempts.jsonl"  # in a run folder: one line per start of this trial (retries, resumes)
 SUMMARY = "summary.json"  # in a run folder: what train() returned
+
+
+def run_folder(trial_dir: Path, sweep_name: str, trial_id: str) -> Path:
+    """A trial's run folder: inside its Tune trial folder, named (like its W&B run) after sweep and trial."""
+    return trial_dir / f"{sweep_name}-{trial_id}"
 
 
 def proxy_d_gap(metrics: dict[str, float]) -> float | None:
@@ -146,21 +151,20 @@ class Reporter:
         newest = checkpoint.list_checkpoints(self.run_dir / "checkpoints")
         step = int(newest[-1].name.split("_")[1]) if newest else 0
         if not (self.checkpoints and step > self.reported_step):
-            self.send(out, None)
+            self.send({**out, "checkpoint_step": self.reported_step}, None)
             return
+        # PBT counts time in `checkpoint_step`, so it decides exactly on reports that carry a
+        # checkpoint: function trainables can only hand PBT the checkpoint of their last report.
         with tempfile.TemporaryDirectory(prefix="capsgan-ckpt-") as tmp:
             shutil.copytree(newest[-1], Path(tmp) / newest[-1].name)
             (Path(tmp) / ORIGIN).write_text(json.dumps({"trial_id": self.trial_id, "step": step}))
-            self.send(out, tmp)  # Tune copies the folder into the trial's storage before returning
+            self.send({**out, "checkpoint_step": step}, tmp)  # Tune copies the folder before returning
         self.reported_step = step
 
     def finish(self, summary: dict) -> None:
-        """Write the summary and report the final checkpoint (train() writes it after its last log)."""
+        """Write the summary. The final checkpoint is not reported: PBT must not clone at the very
+        end (the clone would not train at all, yet show its new lrs next to the donor's metric)."""
         (self.run_dir / SUMMARY).write_text(json.dumps(summary, indent=1, default=str))
-        found = checkpoint.latest_valid(self.run_dir / "checkpoints")
-        if self.checkpoints and found and int(found[1]["step"]) > self.reported_step:
-            last = {k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-            self(int(summary["step"]), last)
 
 
 def _tune_send(metrics: dict, ckpt_dir: str | None) -> None:
@@ -176,8 +180,8 @@ def run_trial(params: dict[str, Any], base: dict, meta: dict) -> None:
     ctx = tune.get_context()
     trial_id = ctx.get_trial_id()
     # get_trial_dir() is a staging folder that Tune copies to storage; the run lives in storage itself.
-    run_dir = Path(meta["exp_dir"]) / Path(ctx.get_trial_dir()).name / "run"
-    cfg = trial_config(base, params, **{"train.run_dir": str(run_dir), "resume": "auto",
+    run_dir = run_folder(Path(meta["exp_dir"]) / Path(ctx.get_trial_dir()).name, meta["name"], trial_id)
+    cfg = trial_config(base, params, **{"name": run_dir.name, "train.run_dir": str(run_dir), "resume": "auto",
                                         "train.progress": False})
     restore = tune.get_checkpoint()
     if restore is not None:

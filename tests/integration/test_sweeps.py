@@ -143,7 +143,7 @@ def test_killed_sweep_resumes_where_it_stopped(tmp_path, ray_address):
 
     def runs() -> dict[int, Path]:
         out = {}
-        for cfg in sweep_dir.glob("tune/trial_*/run/config.yaml"):
+        for cfg in sweep_dir.glob("tune/trial_*/kill-*/config.yaml"):
             out[yaml.safe_load(cfg.read_text())["train"]["steps"]] = cfg.parent
         return out
 
@@ -188,3 +188,31 @@ def test_two_worker_trial_trains_with_world_size_2(tmp_path, ray_address):
     assert summary["world_size"] == 2 and summary["step"] == 20
     assert row["status"] == "done" and int(row["world_size"]) == 2 and int(row["step"]) == 20
     assert float(row["proxy_d_gap"]) >= 0  # rank 0's metrics reached Tune through TuneReportCallback
+
+
+def test_pbt_clones_a_checkpoint_and_continues_with_perturbed_learning_rates(tmp_path, ray_address):
+    # Two trials: at each 10-step checkpoint the worse one may clone the better one.
+    sweep = write_sweep(tmp_path, "pbt", trials=2, overrides=[*BASE, "train.steps=40"],
+                        space={"model.routing_iters": None},
+                        scheduler={"name": "pbt", "perturbation_interval": 10, "quantile_fraction": 0.5,
+                                   "resample_probability": 0.0})
+    run_capsgan("sweep", str(sweep), "--address", ray_address, timeout=300)
+    rows = table(tmp_path / "sweeps" / "pbt")
+    assert len(rows) == 2 and {r["status"] for r in rows} == {"done"}
+    runs = {r["trial"]: Path(r["run_dir"]) for r in rows}
+
+    def metrics(run: Path) -> dict[int, dict]:
+        return {m["step"]: m for m in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())}
+
+    clones = [(tid, a["cloned_from"]) for tid, run in runs.items()
+              for a in attempts({"run_dir": run}) if a["cloned_from"]]
+    assert clones, "PBT never cloned a trial"
+    for tid, origin in clones[:1]:
+        assert origin["trial_id"] in runs and origin["trial_id"] != tid
+        step = origin["step"]
+        donor_lr = metrics(runs[origin["trial_id"]])[step]["lr_d"]
+        own = metrics(runs[tid])
+        # The clone continued from the donor's step with the donor's lr times 0.8 or 1.2 (explore).
+        after = own[step + 5]["lr_d"] / donor_lr
+        assert after == pytest.approx(0.8) or after == pytest.approx(1.2), after
+        assert max(own) == 40 and json.loads((runs[tid] / "restored_from.json").read_text()) == origin
