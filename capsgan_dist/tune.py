@@ -31,7 +31,7 @@ from capsgan_dist.tune_trial import run_trial, trial_config
 # Overrides whose first part is a training-config section go to the trials, the rest to the sweep.
 TRAIN_SECTIONS = ("data", "model", "loss", "optim", "train", "tracking", "seed", "resume")
 # Passed to the workers of an existing cluster (an embedded Ray inherits the whole environment).
-PASS_ENV = ("WANDB_MODE", "WANDB_DIR", "WANDB_API_KEY", "WANDB_SILENT", "OMP_NUM_THREADS", "CAPSGAN_TEST_HOOK")
+PASS_ENV = ("WANDB_MODE", "WANDB_DIR", "WANDB_API_KEY", "WANDB_SILENT", "OMP_NUM_THREADS")
 # Sweep settings that must match when a sweep is resumed (others, like max_concurrent, may change).
 FIXED_ON_RESUME = ("space", "trials", "metric", "mode", "scheduler", "workers_per_trial", "search_seed")
 DRIVER_CPU = 0.01  # what the trial of a multi-worker sweep reserves for itself
@@ -118,13 +118,21 @@ def init_ray(sweep: SweepConfig, sweep_dir: Path, address: str | None) -> None:
     """Start an embedded Ray (dashboard off, files under the sweep folder) or join `address`."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")  # e.g. FID logged every N steps only
-    import ray
+    try:
+        import ray
+        import ray.tune  # noqa: F401
+    except ImportError:
+        raise UserError("capsgan sweep needs Ray Tune: pip install -e '.[tune]'") from None
 
     if address:
         pkg_root = str(Path(capsgan_dist.__file__).resolve().parents[1])
         env = {k: os.environ[k] for k in PASS_ENV if k in os.environ}
         env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_root, os.environ.get("PYTHONPATH")) if p)
-        ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True)
+        try:
+            ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True)
+        except (ConnectionError, ValueError, RuntimeError) as e:
+            raise UserError(f"--address {address}: cannot join a Ray cluster there ({str(e).splitlines()[0]}); "
+                            "start one with `ray start --head`, or drop --address to run Ray here") from None
     else:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         ray.init(num_cpus=sweep.num_cpus, include_dashboard=False, _temp_dir=str(_ray_temp_dir(sweep_dir)))
