@@ -170,3 +170,30 @@ def test_shipped_sweep_configs_load():
         s = load_sweep_config(path)
         assert resolve_base(s)["tracking"]["group"] == s.name, path
     assert load_sweep_config(SWEEP_DEBUG).trials == 4
+
+
+def test_ray_cluster_config_passes_the_launcher_schema():
+    import copy
+
+    pytest.importorskip("jsonschema")
+    util = pytest.importorskip("ray.autoscaler._private.util")
+    cfg = yaml.safe_load((REPO / "launch" / "ray" / "cluster.yaml").read_text())
+    full = util.prepare_config(copy.deepcopy(cfg))
+    util.validate_config(full)  # raises on any field the cluster launcher does not know
+    assert "--address auto" in (REPO / "launch" / "ray" / "cluster.yaml").read_text()
+
+
+def test_slurm_sweep_script_help_dry_run_and_bad_input():
+    import subprocess
+
+    script = str(REPO / "launch" / "ray" / "sweep.sbatch")
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("SLURM_")}
+    run = lambda *a: subprocess.run(["bash", script, *a], capture_output=True, text=True, timeout=30, env=env)  # noqa: E731
+    assert run("--help").stdout.startswith("Usage: sbatch")
+    dry = run("--dry-run", "configs/sweep_mnist.yaml", "trials=4").stdout.splitlines()
+    assert "ray.scripts.scripts start --head" in dry[0] and "--address=node1:" in dry[1]
+    assert dry[-1].endswith("-m capsgan_dist sweep configs/sweep_mnist.yaml trials=4 --address node1:6379")
+    missing = run("--dry-run")
+    assert missing.returncode == 2 and "missing SWEEP_CONFIG" in missing.stderr
+    outside = run("configs/sweep_mnist.yaml")
+    assert outside.returncode == 2 and "not inside a SLURM job" in outside.stderr
