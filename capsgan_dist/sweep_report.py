@@ -101,8 +101,8 @@ def write_best_config(row: dict[str, Any], trial, sweep: SweepConfig, base: dict
     params = {k: plain(trial.config[k]) for k in sweep.searched if k in trial.config}
     cfg = trial_config(base, params)
     cfg = replace(cfg, name=f"{sweep.name}-best", train={"run_dir": None})
-    header = (f"# Best trial {row['trial']} of sweep '{sweep.name}': {sweep.metric}={_fmt(row[sweep.metric])} "
-              f"({sweep.mode}) at step {row['step']}.\n"
+    header = (f"# Best trial {row['trial']} of sweep '{sweep.name}' ({row['status']}): "
+              f"{sweep.metric}={_fmt(row[sweep.metric])} ({sweep.mode}) at step {row['step']}.\n"
               f"# Searched: {', '.join(f'{k}={_fmt(v)}' for k, v in params.items())}.\n"
               f"# train.steps is the sweep's trial length; raise it for a full run: capsgan train {path.name} "
               "train.steps=10000\n")
@@ -121,7 +121,9 @@ def write_outputs(trials: list, sweep: SweepConfig, base: dict, sweep_dir: Path)
                             f"Partial table: {sweep_dir / 'results.md'}", INTERRUPTED_EXIT)
     if not ranked:
         return SweepSummary(f"sweep finished with no usable trial ({tally}); see {sweep_dir / 'results.md'}", 1)
-    best = ranked[0]
+    # Metrics at different steps do not compare well: the best config comes from the best trial that
+    # ran all its steps (ASHA's survivors), and from the best of the rest only when none did.
+    best = ([r for r in ranked if r["status"] == "done"] or ranked)[0]
     by_id = {t.trial_id: t for t in trials}
     write_best_config(best, by_id[best["trial"]], sweep, base, sweep_dir / "best_config.yaml")
     return SweepSummary(f"sweep finished ({tally}). Best: trial {best['trial']} {sweep.metric}="
