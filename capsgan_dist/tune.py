@@ -218,10 +218,12 @@ def _tune_config(sweep: SweepConfig, base: dict):
 def _run_config(sweep: SweepConfig, sweep_dir: Path):
     from ray import tune
 
-    # Only PBT trials report Tune checkpoints (copies of run checkpoints that others may clone).
+    # Only PBT trials report Tune checkpoints (copies of run checkpoints that others may clone). All
+    # are kept: PBT's save of a function trainable registers its latest checkpoint a second time,
+    # and pruning then deletes one folder twice, fails, and loses the checkpoint PBT clones from.
     return tune.RunConfig(name=EXPERIMENT, storage_path=str(sweep_dir), verbose=1,
                           failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
-                          checkpoint_config=tune.CheckpointConfig(num_to_keep=4))
+                          checkpoint_config=tune.CheckpointConfig(num_to_keep=None))
 
 
 def sweep_command(config: str, overrides: list[str], address: str | None, resume: bool) -> int:

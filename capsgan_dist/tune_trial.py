@@ -104,15 +104,19 @@ class Reporter:
     The sweep metric may come from the logged scalars, or from a row that something else in the
     loop wrote to the run's metrics.jsonl (e.g. `eval/fid` from the evaluation hook, every N steps);
     between two such rows its latest value is carried forward.
-    `send(metrics, checkpoint_dir)` is tune.report or ray.train.report; with `checkpoints` on,
-    each run checkpoint newer than the last one reported is attached as a copy (at the first log
-    after it was written, since train() logs a step before it checkpoints it).
+    `send(metrics, checkpoint_dir)` is tune.report or ray.train.report.
+
+    With `checkpoints` on (PBT), only logs that can carry a new run checkpoint are reported, with a
+    copy of it attached (the first log after it was written: train() logs a step before it saves
+    it), plus the last log at the end. PBT clones a function trainable through the checkpoint of its
+    latest report; were most reports checkpoint-less, a clone would usually find none.
     """
 
     def __init__(self, run_dir: Path, trial_id: str, metric: str, send, checkpoints: bool):
         self.run_dir, self.trial_id, self.metric = run_dir, trial_id, metric
         self.send, self.checkpoints = send, checkpoints
         self.last_metric: float | None = None
+        self.unsent: dict | None = None  # PBT: the newest log not reported (no new checkpoint)
         self._offset = 0  # how far metrics.jsonl has been read
         found = checkpoint.latest_valid(run_dir / "checkpoints")
         self.reported_step = int(found[1]["step"]) if found else 0
@@ -148,22 +152,30 @@ class Reporter:
         self._send(out)
 
     def _send(self, out: dict) -> None:
+        if not self.checkpoints:
+            self.send(out, None)
+            return
         newest = checkpoint.list_checkpoints(self.run_dir / "checkpoints")
         step = int(newest[-1].name.split("_")[1]) if newest else 0
-        if not (self.checkpoints and step > self.reported_step):
-            self.send({**out, "checkpoint_step": self.reported_step}, None)
+        if step <= self.reported_step:
+            self.unsent = out
             return
-        # PBT counts time in `checkpoint_step`, so it decides exactly on reports that carry a
-        # checkpoint: function trainables can only hand PBT the checkpoint of their last report.
+        # PBT counts time in `checkpoint_step`, so it decides on reports that carry that checkpoint.
         with tempfile.TemporaryDirectory(prefix="capsgan-ckpt-") as tmp:
             shutil.copytree(newest[-1], Path(tmp) / newest[-1].name)
             (Path(tmp) / ORIGIN).write_text(json.dumps({"trial_id": self.trial_id, "step": step}))
             self.send({**out, "checkpoint_step": step}, tmp)  # Tune copies the folder before returning
-        self.reported_step = step
+        self.reported_step, self.unsent = step, None
 
     def finish(self, summary: dict) -> None:
-        """Write the summary. The final checkpoint is not reported: PBT must not clone at the very
-        end (the clone would not train at all, yet show its new lrs next to the donor's metric)."""
+        """Report the last log if it was held back, and write the summary.
+
+        The final checkpoint is not reported: PBT must not clone at the very end (the clone would
+        not train at all, yet show its new lrs next to the donor's metric).
+        """
+        if self.unsent is not None:
+            self.send({**self.unsent, "checkpoint_step": self.reported_step}, None)
+            self.unsent = None
         (self.run_dir / SUMMARY).write_text(json.dumps(summary, indent=1, default=str))
 
 

@@ -135,26 +135,41 @@ def test_own_tune_checkpoint_is_used_only_when_the_run_has_none(tmp_path):
     assert prepare_run_dir(run, own, "me")["resume_step"] == 30  # the run's own newer one wins
 
 
-def test_reporter_attaches_each_new_checkpoint_once_and_reads_metric_from_file(tmp_path):
+def test_reporter_metric_comes_from_logs_or_metrics_file(tmp_path):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    sent = []
+    rep = Reporter(run, "me", "eval/fid", lambda m, c: sent.append(m), checkpoints=False)
+    rep(5, {"d_real": 0.6, "d_fake": 0.5})
+    assert "eval/fid" not in sent[-1] and sent[-1]["proxy_d_gap"] == pytest.approx(0.1) and sent[-1]["step"] == 5
+    with open(run / "metrics.jsonl", "w") as f:  # e.g. the evaluation hook's row
+        f.write(json.dumps({"step": 10, "eval/fid": 12.5}) + "\n" + '{"step": 1')  # + a torn line
+    rep(15, {"d_real": 0.6, "d_fake": 0.5})
+    rep(20, {"d_real": 0.6, "d_fake": 0.5})
+    assert [m.get("eval/fid") for m in sent] == [None, 12.5, 12.5]  # read once, then carried forward
+
+
+def test_pbt_reporter_reports_each_new_checkpoint_once_and_the_last_log(tmp_path):
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
     sent = []
 
     def send(metrics: dict, ckpt: str | None) -> None:
-        sent.append((metrics, ckpt and sorted(p.name for p in Path(ckpt).iterdir())))
+        files = ckpt and sorted(p.name for p in Path(ckpt).iterdir())
+        sent.append((metrics["step"], metrics["checkpoint_step"], files))
 
-    rep = Reporter(run, "me", "eval/fid", send, checkpoints=True)
-    rep(5, {"d_real": 0.6, "d_fake": 0.5})
-    assert "eval/fid" not in sent[-1][0] and sent[-1][1] is None and sent[-1][0]["proxy_d_gap"] == pytest.approx(0.1)
+    rep = Reporter(run, "me", "proxy_d_gap", send, checkpoints=True)
+    logs = {"d_real": 0.6, "d_fake": 0.5}
+    rep(5, logs)  # no checkpoint yet: held back
     _fake_checkpoint(run / "checkpoints", 10, "x")
-    with open(run / "metrics.jsonl", "w") as f:  # e.g. the evaluation hook's row
-        f.write(json.dumps({"step": 10, "eval/fid": 12.5}) + "\n" + '{"step": 1')  # + a torn line
-    rep(15, {"d_real": 0.6, "d_fake": 0.5})
-    assert sent[-1][0]["eval/fid"] == 12.5 and sent[-1][1] == [ORIGIN, "step_0000010"]
-    assert [m["checkpoint_step"] for m, _c in sent] == [0, 10]  # PBT's clock: advances with a checkpoint
-    rep(20, {"d_real": 0.6, "d_fake": 0.5})
-    assert sent[-1][0]["eval/fid"] == 12.5 and sent[-1][1] is None  # carried forward; no checkpoint twice
-    assert sent[-1][0]["checkpoint_step"] == 10
+    rep(10, logs)  # train() logs step 10 before saving it, but step_10 exists here: attached
+    rep(15, logs)  # nothing new: held back
+    _fake_checkpoint(run / "checkpoints", 20, "y")
+    rep(20, logs)
+    rep(25, logs)
+    rep.finish({"step": 25, "world_size": 1})
+    assert sent == [(10, 10, [ORIGIN, "step_0000010"]), (20, 20, [ORIGIN, "step_0000020"]), (25, 20, None)]
+    assert json.loads((run / "summary.json").read_text())["step"] == 25
 
 
 def test_cli_rejects_a_bad_sweep_before_starting_ray(tmp_path):
