@@ -116,6 +116,8 @@ def test_asha_sweep_writes_sorted_table_and_runnable_best_config(tmp_path):
     assert "| rank | trial | status | proxy_d_gap |" in (sweep_dir / "results.md").read_text()
     # Ray's files stayed with the sweep (through a short link: socket paths are length-limited).
     assert any(p.name.startswith("session_") for p in (sweep_dir / "ray").iterdir())
+    if (sweep_dir / "ray").is_symlink():  # the short /tmp folder outlives tmp_path otherwise
+        shutil.rmtree((sweep_dir / "ray").resolve(), ignore_errors=True)
 
 
 def test_crashing_trial_is_retried_then_reported_failed(tmp_path, ray_address):
