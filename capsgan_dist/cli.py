@@ -97,6 +97,12 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    from capsgan_dist.tune import sweep_command
+
+    return sweep_command(args.config, args.overrides, args.address, args.resume)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="capsgan", description="CapsuleGAN training, distributed.")
     p.add_argument("--debug", action="store_true", help="show full tracebacks for bad input")
@@ -148,6 +154,13 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("config", help="compare YAML, e.g. configs/compare_mnist.yaml")
     m.add_argument("overrides", nargs="*", help="overrides, e.g. seeds=[0,1] steps=1000")
     m.set_defaults(fn=_compare)
+    w = sub.add_parser("sweep", help="hyperparameter sweep with Ray Tune (docs/sweeps.md)")
+    w.add_argument("config", help="sweep YAML, e.g. configs/sweep_mnist.yaml")
+    w.add_argument("overrides", nargs="*", help="sweep keys (trials=4) or training keys (train.steps=200)")
+    w.add_argument("--address", help="join a running Ray cluster (HOST:PORT or auto); default: start Ray here")
+    w.add_argument("--resume", action="store_true", help="fail unless there is a sweep to resume "
+                   "(rerunning a sweep resumes it anyway)")
+    w.set_defaults(fn=_sweep)
     return p
 
 
@@ -157,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:
-        if getattr(args, "command", None) == "train" and all("=" in e or not e.startswith("-") for e in extra):
+        takes_overrides = getattr(args, "command", None) in ("train", "sweep")
+        if takes_overrides and all("=" in e or not e.startswith("-") for e in extra):
             args.overrides = list(args.overrides) + extra
         else:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")

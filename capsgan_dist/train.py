@@ -148,7 +148,8 @@ def _train(cfg: Config, dist: Dist, require_checkpoint: bool,
     found = checkpoint.latest_valid(run_dir / "checkpoints") if (cfg.resume == "auto" or require_checkpoint) else None
     if found:
         start = checkpoint.load_checkpoint(dist, found[0], found[1], mhash)
-        for opt, lr in ((opt_g, lr_g), (opt_d, lr_d)):  # the saved lr was scaled for the saving world size
+        # The config's learning rates win over the saved ones (PBT clones, overrides, another world size).
+        for opt, lr in ((opt_g, lr_g), (opt_d, lr_d)):
             for group in opt.param_groups:
                 group["lr"] = lr
         if dist.is_main:
