@@ -55,6 +55,11 @@ def test_squash_matches_reference(shape):
     torch.testing.assert_close(squash(s), want, rtol=1e-6, atol=1e-8)
 
 
+def test_squash_gradient_is_exact_away_from_zero():
+    s = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(squash, (s,))
+
+
 def test_squash_along_other_dim():
     s = torch.randn(3, 5, 4, dtype=torch.float64)
     torch.testing.assert_close(squash(s, dim=1), squash(s.transpose(1, 2)).transpose(1, 2))
