@@ -334,6 +334,15 @@ def _read_yaml(path: Path) -> dict:
     return data
 
 
+def _check_sections(layer: Any, where: str) -> None:
+    """A section (data, model, ...) given a plain value: name it (OmegaConf's error has no key)."""
+    sections = {n for n, t in typing.get_type_hints(Config).items() if dataclasses.is_dataclass(t)}
+    for name in sections & set(layer.keys()):
+        if not OmegaConf.is_dict(layer[name]) and layer[name] is not None:
+            raise ConfigError(f"'{name}' in {where} is a section, not a value; set its keys instead, "
+                              f"e.g. {name}.<key>=<value> (run with --dry-run to list them)")
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Build a validated Config from defaults, an optional YAML file and dotted overrides."""
     base = OmegaConf.structured(Config)
@@ -348,6 +357,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         except OmegaConfBaseException as e:
             raise ConfigError(f"cannot parse override '{ov}': {str(e).splitlines()[0]}") from None
     for layer, where in layers:
+        _check_sections(layer, where)
         try:
             base = OmegaConf.merge(base, layer)
         except OmegaConfBaseException as e:

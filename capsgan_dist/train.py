@@ -123,11 +123,11 @@ def _train(cfg: Config, dist: Dist, require_checkpoint: bool,
            on_log: Callable[[int, dict[str, float]], None] | None) -> dict:
     t = cfg.train
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    dataset = build_dataset(cfg.data)  # before the run folder: a data error leaves no empty run behind
     run_dir = _run_dir(cfg, dist)
     mhash = model_hash(cfg)
 
     # Data: each rank gets distinct batches of t.batch_real (Accelerate shards the batches).
-    dataset = build_dataset(cfg.data)
     loader = DataLoader(dataset, batch_size=t.batch_real, sampler=EpochShuffle(len(dataset), cfg.seed),
                         drop_last=True, num_workers=cfg.data.num_workers)
 
