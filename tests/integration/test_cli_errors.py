@@ -53,7 +53,7 @@ def test_resume_with_a_run_but_no_checkpoint(tmp_path):
     (tmp_path / "config.yaml").write_text(DEBUG_CONFIG.read_text())
     msg = _one_line_error(run_capsgan("train", "--resume", str(tmp_path), "train.progress=false",
                                       check=False, timeout=180))
-    assert "no valid checkpoint" in msg and str(tmp_path) in msg
+    assert "no checkpoint" in msg and str(tmp_path) in msg and "without --resume" in msg
 
 
 def test_sample_without_a_run(tmp_path):

