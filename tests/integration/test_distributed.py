@@ -331,7 +331,7 @@ def test_deepspeed_matches_single_process_reference(zero):
         unclipped = Reference(load_config(DEBUG_CONFIG), init_state(r0), lr=zero["cfg"].optim.lr_d)
         unclipped.replay([optimizer_steps(e, zero["cfg"].train.batch_real) for e in zero["events"]])
         diff = max((unclipped.state()["D"][k] - v).abs().max().item() for k, v in zero["ref"].state()["D"].items())
-        assert diff > 100 * PARAM_ATOL
+        assert diff > 20 * PARAM_ATOL  # clipping moves D far outside the rounding tolerance
 
 
 def test_deepspeed_resume_restores_models_and_optimizers_exactly(zero, tmp_path):
