@@ -4,7 +4,8 @@
     python benchmarks/step.py --batches 32 256 1024 --dtypes fp32 bf16 --compile both   # full grid
     python benchmarks/step.py --device cuda --graphs both    # on a GPU (see benchmarks/gpu_check.sh)
 
-Cases (each in its own subprocess, so peak memory is per case):
+Cases (timed round-robin in one subprocess per batch/dtype/compile group, so load from other
+processes hits them alike; peak memory in one subprocess per case):
   d        D step alone (forward, backward, Adam) of the library's capsule D (fused routing)
   d_ref    the same step with benchmarks/reference_capsule.py (same weights): the baseline
   d_einsum the same step with perf.routing=einsum (the library's plain autograd routing)
@@ -179,21 +180,35 @@ def _rss_kb(field: str) -> int:
 
 
 def run_child(spec: dict) -> dict:
-    """Time one case (or measure its memory) and return the numbers."""
+    """Memory of one case (spec["case"]), or timings of several cases (spec["cases"]) interleaved.
+
+    The cases of a group are timed round-robin in one process (d, d_ref, d, d_ref, ...), so a
+    neighbour that loads the machine for a while slows all of them alike.
+    """
     import torch
 
     if spec["threads"]:
         torch.set_num_threads(spec["threads"])
     device = spec["device"]
-    step, flops, images, _ = build_case(spec["case"], spec["batch"], device, spec["dtype"], spec["compile"],
-                                        spec["config"])
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    if spec.get("graphs"):
-        step = _graphed(step, device)
-    for _ in range(spec["warmup"]):
-        step()
-    sync()
+    cases = [spec["case"]] if spec["memory"] else spec["cases"]
+    built, out = {}, {}
+    for case in cases:
+        try:
+            step, flops, images, _ = build_case(case, spec["batch"], device, spec["dtype"], spec["compile"],
+                                                spec["config"])
+            if spec.get("graphs"):
+                step = _graphed(step, device)
+            for _ in range(spec["warmup"]):
+                step()
+            sync()
+            built[case] = (step, flops, images)
+        except Exception as e:  # noqa: BLE001 (one failing case must not lose the others)
+            out[case] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"}
     if spec["memory"]:
+        if spec["case"] not in built:
+            return out[spec["case"]]
+        step, _, images = built[spec["case"]]
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated()
@@ -205,16 +220,18 @@ def run_child(spec: dict) -> dict:
         step()
         return {"peak_bytes": (_rss_kb("VmHWM") - base) * 1024, "images": images}
     per = spec["steps_per_sample"]
-    wall, cpu = [], []
+    for case, (_, flops, images) in built.items():
+        out[case] = {"wall_s": [], "cpu_s": [], "flops": flops, "images": images, "threads": torch.get_num_threads()}
     for _ in range(spec["repeats"]):
-        sync()
-        t0, c0 = time.perf_counter(), time.process_time()
-        for _ in range(per):
-            step()
-        sync()
-        wall.append((time.perf_counter() - t0) / per)
-        cpu.append((time.process_time() - c0) / per)
-    return {"wall_s": wall, "cpu_s": cpu, "flops": flops, "images": images, "threads": torch.get_num_threads()}
+        for case, (step, _, _) in built.items():
+            sync()
+            t0, c0 = time.perf_counter(), time.process_time()
+            for _ in range(per):
+                step()
+            sync()
+            out[case]["wall_s"].append((time.perf_counter() - t0) / per)
+            out[case]["cpu_s"].append((time.process_time() - c0) / per)
+    return {"cases": out}
 
 
 def run_ceiling(spec: dict) -> dict:
@@ -334,26 +351,22 @@ def main(argv: list[str] | None = None) -> int:
         for dtype in args.dtypes:
             for comp in flags[args.compile]:
                 for graphs in flags[args.graphs]:
+                    if graphs and comp:
+                        continue  # one at a time: torch.compile's own cudagraphs are another story
+                    warm = args.warmup if args.warmup is not None else (5 if comp else 1 if args.quick else 2)
+                    spec = {"cases": args.cases, "batch": batch, "dtype": dtype, "compile": comp, "graphs": graphs,
+                            "device": device, "config": args.config, "threads": args.threads, "warmup": warm,
+                            "repeats": repeats, "steps_per_sample": 1 if device == "cpu" else 10, "memory": False}
+                    timed = _in_process(spec) if args.inprocess else child(spec, args.timeout)
+                    want_mem = not (args.quick or args.no_memory or (args.inprocess and device == "cpu"))
                     for case in args.cases:
-                        if graphs and comp:
-                            continue  # one at a time: torch.compile's own cudagraphs are another story
-                        warm = args.warmup if args.warmup is not None else (5 if comp else 1 if args.quick else 2)
-                        spec = {"case": case, "batch": batch, "dtype": dtype, "compile": comp, "graphs": graphs,
-                                "device": device, "config": args.config, "threads": args.threads, "warmup": warm,
-                                "repeats": repeats, "steps_per_sample": 1 if device == "cpu" else 10,
-                                "memory": False}
-                        mem = {**spec, "memory": True, "warmup": max(1, warm - 1)}
-                        want_mem = not (args.quick or args.no_memory or (args.inprocess and device == "cpu"))
-                        if args.inprocess:
-                            r = _in_process(spec)
-                            if want_mem and "error" not in r:
-                                r["peak_bytes"] = _in_process(mem).get("peak_bytes")
-                        else:
-                            r = child(spec, args.timeout)
-                            if want_mem and "error" not in r:
-                                m = child(mem, args.timeout, {"MALLOC_MMAP_THRESHOLD_": "65536"})
-                                r["peak_bytes"] = m.get("peak_bytes")
-                        rows.append({**spec, **r})
+                        r = timed.get("cases", {}).get(case, {"error": timed.get("error", "no result")})
+                        mem = {**spec, "case": case, "memory": True, "warmup": max(1, warm - 1)}
+                        if want_mem and "error" not in r:
+                            m = (_in_process(mem) if args.inprocess else
+                                 child(mem, args.timeout, {"MALLOC_MMAP_THRESHOLD_": "65536"}))
+                            r["peak_bytes"] = m.get("peak_bytes")
+                        rows.append({**spec, "case": case, **r})
                         print(_row_text(rows[-1], ceiling), flush=True)
     table = markdown(rows, ceiling, device)
     print("\n" + table)
