@@ -3,29 +3,30 @@
 Same math as `RoutedCaps` with `capsules.dynamic_routing` (Sabour et al. 2017, Procedure 1), written
 for speed and memory:
 
-- u_hat is built by ONE batched matmul over the input capsules, directly in the layout
-  (n_in, B, n_out, d_out) that the matmul produces, so no permute copy is ever made. Every routing
-  step reads it through strided views: for each (b, j) the (n_in, d_out) block is a matrix with
-  row stride B*n_out*d_out, which BLAS takes as it is.
-- Iteration 0 needs no logits: c = softmax(0) = 1/n_out, so s_0 = mean over outputs' predictions
-  is one reduction.
+- u_hat lives in the layout the routing reads, (B, n_out, n_in, d_out): for each (b, j) the
+  (n_in, d_out) block is one contiguous matrix, so every routing product is a plain batched
+  matrix-vector product, in fp32 and in bf16 alike (oneDNN copies strided bf16 operands whole).
+  It is built by batched matmuls over blocks of input capsules, each block copied into place
+  while it is still in cache (CPU) or in a few large blocks (GPU).
+- Iteration 0 needs no logits: c = softmax(0) = 1/n_out, so s_0 is a plain sum over inputs.
 - s_j = sum_i c_ij u_hat_j|i and the agreement u_hat_j|i . v_j are batched matrix-vector
   products over (b, j): they read u_hat and write only (B, n_out, n_in) or (B, n_out, d_out).
 - The backward is written by hand. It reads u_hat for the few matrix-vector products it needs,
   then writes dL/du_hat = sum_t M_t[b,j,i] y_t[b,j,:] (the stacked rank-1 terms of every routing
   iteration) with ONE batched matmul straight into u_hat's own buffer, which is dead by then.
-  Autograd through the einsum form instead makes one full-size gradient per use of u_hat (five
-  for three iterations), sums them, and permutes them back.
+  The weight and input gradients then read it back in blocks. Autograd through the einsum form
+  instead makes one full-size gradient per use of u_hat (five for three iterations) and sums them.
 
-Memory per image (fp32, MNIST sizes n_in=1568, n_out=10, d_out=16: one u_hat is 1.0 MB): exactly
-one u_hat-sized tensor exists from the forward to the end of the backward; everything else is at
-most (B, n_out, n_in), 1/16 of it. A fresh u_hat-sized tensor also costs page faults on CPU (glibc
-maps allocations above 32 MB afresh), often more than the arithmetic done on it.
+Memory per image (fp32, MNIST sizes n_in=1568, n_out=10, d_out=16: one u_hat is 1.0 MB): one
+u_hat-sized tensor exists from the forward to the end of the backward, plus a block in flight
+(~1 MB in all on CPU, a quarter of u_hat on GPU); everything else is at most (B, n_out, n_in),
+1/16 of it. A fresh u_hat-sized tensor also costs page faults on CPU (glibc maps allocations above
+32 MB afresh), often more than the arithmetic done on it.
 Under bf16 autocast u_hat and the big products run in bf16; the routing logits, coefficients and
 capsule vectors stay in fp32.
 
-The backward is not itself differentiable: double backward (e.g. an R1
-gradient penalty through D) needs `perf.routing=einsum`.
+The backward is not itself differentiable: double backward (e.g. an R1 gradient penalty through
+D) needs `perf.routing=einsum`.
 """
 
 from __future__ import annotations
@@ -61,17 +62,33 @@ def _agreement(u_hat_p: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """u_hat_j|i . y_j for every (b, j, i): (P, n_in, d) x (P, d) -> (P, 1, n_in).
 
     Written as a row vector times the transposed block: BLAS streams each 16-float row once,
-    about 3x faster on CPU than the column form bmm(u_hat_p, y[..., None]).
+    about 2x faster on CPU in fp32 than the column form bmm(u_hat_p, y[..., None]).
     """
     return torch.bmm(y.to(u_hat_p.dtype).unsqueeze(1), u_hat_p.transpose(1, 2))
 
 
+def _chunk(n_in: int, row_bytes: int, device: torch.device) -> int:
+    """Input capsules per block of a layout change: ~1 MB (cache-sized) on CPU, a quarter on GPUs."""
+    if device.type != "cpu":
+        return -(-n_in // 4)  # few launches; the block temporary is 1/4 of u_hat
+    return max(1, min(n_in, (1 << 20) // max(1, row_bytes)))
+
+
 def _predictions(u: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """u_hat_j|i = W_ij u_i (Sabour eq. 2) as ONE batched matmul over i: (n_in, B, n_out*d_out)."""
-    _, n_in, d_in = u.shape
+    """u_hat_j|i = W_ij u_i (Sabour eq. 2) as (B, n_out, n_in, d_out), contiguous.
+
+    Batched matmuls over blocks of input capsules, (ch, B, d_in) @ (ch, d_in, n_out*d_out), each
+    copied at once into the routing's layout; on CPU a block stays in cache between the two.
+    """
+    B, n_in, d_in = u.shape
     _, n_out, d_out, _ = weight.shape
-    # (n_in, B, d_in) @ (n_in, d_in, n_out*d_out): both operands are strided views, no copies.
-    return torch.bmm(u.transpose(0, 1), weight.view(n_in, n_out * d_out, d_in).transpose(1, 2))
+    out = u.new_empty(B, n_out, n_in, d_out)
+    u_t, w_t = u.transpose(0, 1), weight.view(n_in, n_out * d_out, d_in).transpose(1, 2)  # views, no copies
+    ch = _chunk(n_in, B * n_out * d_out * u.element_size(), u.device)
+    for i in range(0, n_in, ch):
+        part = torch.bmm(u_t[i:i + ch], w_t[i:i + ch])  # (ch, B, n_out*d_out)
+        out[:, :, i:i + ch].copy_(part.view(-1, B, n_out, d_out).permute(1, 2, 0, 3))
+    return out
 
 
 class _RoutedCapsFn(torch.autograd.Function):
@@ -82,9 +99,11 @@ class _RoutedCapsFn(torch.autograd.Function):
         B, n_in, d_in = u.shape
         _, n_out, d_out, _ = weight.shape
         P, acc = B * n_out, _acc(u.dtype)
-        u_hat = _predictions(u, weight)  # (n_in, B, n_out*d_out)
-        u_hat_p = u_hat.view(n_in, P, d_out).transpose(0, 1)  # (P, n_in, d_out) strided view
-        s = u_hat.view(n_in, P, d_out).sum(0, dtype=acc) / n_out  # c_0 = 1/n_out
+        u_hat = _predictions(u, weight)  # (B, n_out, n_in, d_out)
+        u_hat_p = u_hat.view(P, n_in, d_out)
+        # Iteration 0: c = softmax(0) = 1/n_out, so s_0 is the plain sum over inputs / n_out (a bmm
+        # with ones: 16-bit sums then accumulate in fp32 without an upcast copy of u_hat).
+        s = torch.bmm(u_hat.new_ones(P, 1, n_in), u_hat_p).view(P, d_out).to(acc) / n_out
         ss, cs = [s], []
         b = None
         for _ in range(1, iterations):
@@ -114,7 +133,7 @@ class _RoutedCapsFn(torch.autograd.Function):
         # A second backward (retain_graph=True) finds u_hat overwritten by the first: recompute it.
         u_hat = _predictions(u, weight) if ctx.consumed else ctx.u_hat
         P, dt, acc = B * n_out, u_hat.dtype, _acc(u_hat.dtype)
-        u_hat_p = u_hat.view(n_in, P, d_out).transpose(0, 1)  # (P, n_in, d_out)
+        u_hat_p = u_hat.view(P, n_in, d_out)
 
         # dL/du_hat = sum_t M_t[p, i] * y_t[p, :]: collect the (M, y) pairs, iteration by iteration.
         Ms: list[torch.Tensor] = []
@@ -123,9 +142,9 @@ class _RoutedCapsFn(torch.autograd.Function):
         G_b = None  # dL/db_r summed over later iterations = dL/da_{r-1}
         for r in range(R - 1, -1, -1):
             g_s = _squash_backward(ss[r], g_v)  # (P, d_out)
-            if r == 0:
-                Ms.append(torch.full((P, n_in), 1.0 / n_out, device=u.device, dtype=acc))
-                Ys.append(g_s)
+            if r == 0:  # c_0 = 1/n_out, folded into y (1/10 is not exact in bf16, 1 is)
+                Ms.append(torch.ones(P, n_in, device=u.device, dtype=acc))
+                Ys.append(g_s / n_out)
                 break
             c = cs[r - 1]  # (B, n_out, n_in)
             Ms.append(c.view(P, n_in))
@@ -147,15 +166,25 @@ class _RoutedCapsFn(torch.autograd.Function):
         ctx.consumed = True
         m = torch.stack(Ms, 1).to(dt)  # (P, T, n_in): stacking along dim 1 is a cheap concat
         torch.bmm(m.transpose(1, 2), torch.stack(Ys, 1).to(dt), out=u_hat_p)
-        g_uhat = u_hat.view(n_in, B, n_out * d_out)
-        g_u = g_w = None
-        # Both are computed transposed, (n_in, d_in, .): BLAS is ~2x faster with d_in=8 as rows.
-        if ctx.needs_input_grad[0]:  # dL/du_i = sum_j W_ij^T g_uhat_j|i
-            g_u = torch.bmm(weight.view(n_in, n_out * d_out, d_in).transpose(1, 2), g_uhat.transpose(1, 2))
-            g_u = g_u.permute(2, 0, 1)  # (B, n_in, d_in)
-        if ctx.needs_input_grad[1]:  # dL/dW_ij = sum_b g_uhat_j|i u_i^T
-            g_w = torch.bmm(u.permute(1, 2, 0), g_uhat)  # (n_in, d_in, n_out*d_out)
-            g_w = g_w.transpose(1, 2).reshape(weight.shape)
+        g_uhat = u_hat  # (B, n_out, n_in, d_out)
+
+        # dL/du_i = sum_j W_ij^T g_uhat_j|i and dL/dW_ij = sum_b g_uhat_j|i u_i^T: batched matmuls
+        # over blocks of inputs, each block first copied to (ch, B, n_out*d_out). Computed
+        # transposed, (n_in, d_in, .): BLAS is ~2x faster with d_in=8 as rows.
+        need_u, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        E = n_out * d_out
+        w_v, u_t = weight.view(n_in, E, d_in), u.permute(1, 2, 0)  # (n_in, E, d_in), (n_in, d_in, B)
+        g_u_t = u.new_empty(n_in, d_in, B) if need_u else None
+        g_w_t = u.new_empty(n_in, d_in, E) if need_w else None
+        ch = _chunk(n_in, B * E * u_hat.element_size(), u.device)
+        for i in range(0, n_in, ch):
+            g_i = g_uhat[:, :, i:i + ch].permute(2, 0, 1, 3).reshape(-1, B, E)  # (ch, B, E), a copy
+            if need_u:
+                torch.bmm(w_v[i:i + ch].transpose(1, 2), g_i.transpose(1, 2), out=g_u_t[i:i + ch])
+            if need_w:
+                torch.bmm(u_t[i:i + ch], g_i, out=g_w_t[i:i + ch])
+        g_u = g_u_t.permute(2, 0, 1) if need_u else None  # (B, n_in, d_in)
+        g_w = g_w_t.transpose(1, 2).reshape(weight.shape) if need_w else None
         return g_u, g_w, None, None
 
 
