@@ -264,6 +264,19 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class PerfConfig:
+    routing: str = "fused"
+    """fused (hand-written routing backward, the default) | einsum (plain autograd; needed for double backward)."""
+    compile: bool = False
+    """torch.compile G and D in place; off is the safe choice (minutes of compiling, rounding-level changes)."""
+    cuda_graphs: bool = False
+    """Replay the D and G steps as captured CUDA graphs (1 CUDA process); off is the safe choice (unmeasured)."""
+
+    def __post_init__(self) -> None:
+        _choice("perf", "routing", self.routing, ("fused", "einsum"))
+
+
+@dataclass(frozen=True)
 class Config:
     name: str = "capsgan"
     """Run name (prefix of the run folder, W&B run name)."""
@@ -278,6 +291,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    perf: PerfConfig = field(default_factory=PerfConfig)
 
     def __post_init__(self) -> None:
         _choice("", "resume", self.resume, ("none", "auto"))

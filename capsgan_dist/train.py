@@ -138,6 +138,9 @@ def _train(cfg: Config, dist: Dist, require_checkpoint: bool,
     lr_d = scaled_lr(cfg.optim.lr_d, cfg.optim.scale_lr, dist.world)
     opt_g = torch.optim.Adam(G.parameters(), lr_g, betas=betas)
     opt_d = torch.optim.Adam(D.parameters(), lr_d, betas=betas)
+    if cfg.perf.compile:  # in place, so state_dict keys (and checkpoints) do not change
+        G.compile()
+        D.compile()
     G, opt_g, loader = dist.acc_g.prepare(G, opt_g, loader)
     D, opt_d = dist.acc_d.prepare(D, opt_d)
     D_plain = dist.acc_d.unwrap_model(D)  # used in the G step, where D is frozen and not synced
@@ -199,6 +202,12 @@ def _train(cfg: Config, dist: Dist, require_checkpoint: bool,
         gnorm = _step(dist.acc_g, G, opt_g, clip)
         D.requires_grad_(True)
         return {"loss_g": loss.item(), "gnorm_g": gnorm, "images": float(len(z))}
+
+    if cfg.perf.cuda_graphs:  # the same two steps, captured once and replayed (cuda_graphs.py)
+        from capsgan_dist.cuda_graphs import GraphedSteps
+
+        graphed = GraphedSteps(cfg, dist, G, D, opt_g, opt_d, real_batches, clip)
+        d_step, g_step = graphed.d_step, graphed.g_step
 
     # The loop.
     bar = tqdm(total=t.steps, initial=start, disable=not (dist.is_main and t.progress),

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from capsgan_dist.models.routing import routed_capsules
+
 # Keeps |s| differentiable at s = 0: sqrt(|s|^2 + eps) has a finite gradient there.
 _EPS = 1e-8
 
@@ -63,22 +65,30 @@ class PrimaryCaps(nn.Module):
 
 
 class RoutedCaps(nn.Module):
-    """Fully connected capsule layer: u_hat_j|i = W_ij u_i, then dynamic routing."""
+    """Fully connected capsule layer: u_hat_j|i = W_ij u_i, then dynamic routing.
+
+    impl="fused" runs both in one autograd Function (models/routing.py); "einsum" is the plain
+    autograd form below. They agree to float rounding (tests/unit/test_fast_routing.py).
+    """
 
     def __init__(self, n_in: int, d_in: int, n_out: int, d_out: int, iterations: int = 3,
-                 grad: str = "all"):
+                 grad: str = "all", impl: str = "fused"):
         super().__init__()
+        if impl not in ("fused", "einsum"):
+            raise ValueError(f"impl must be 'fused' or 'einsum', got {impl!r}")
         if n_out < 2:
             raise ValueError(
                 f"RoutedCaps needs at least 2 output capsules (got {n_out}): with one, the softmax "
                 "over outputs is always 1 and routing would be a no-op")
-        self.iterations, self.grad = iterations, grad
+        self.iterations, self.grad, self.impl = iterations, grad, impl
         # The common 0.01 init leaves |s_j| ~ 1e-3, where squash ~ |s|^2 kills the signal and D
         # starts blind; this scale gives routed capsules lengths of ~0.1-0.5 at init instead.
         std = 4.0 * n_out / (n_in * d_out) ** 0.5
         self.weight = nn.Parameter(std * torch.randn(n_in, n_out, d_out, d_in))
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
+        if self.impl == "fused":  # same math, hand-written backward (models/routing.py)
+            return routed_capsules(u, self.weight, self.iterations, self.grad)
         u_hat = torch.einsum("ijed,bid->bije", self.weight, u)  # (B, n_in, n_out, d_out), eq. 2
         return dynamic_routing(u_hat, self.iterations, self.grad)
 

@@ -14,7 +14,7 @@ class CapsuleDiscriminator(nn.Module):
     def __init__(self, image_size: int = 28, channels: int = 1, conv1_channels: int = 256,
                  conv1_kernel: int = 9, primary_kernel: int = 7, primary_channels: int = 32,
                  primary_dim: int = 8, n_caps: int = 10, caps_dim: int = 16, routing_iters: int = 3,
-                 routing_grad: str = "all", dense: int = 64):
+                 routing_grad: str = "all", dense: int = 64, routing_impl: str = "fused"):
         super().__init__()
         h1 = conv_out(image_size, conv1_kernel)
         h2 = conv_out(h1, primary_kernel, stride=2)
@@ -26,7 +26,8 @@ class CapsuleDiscriminator(nn.Module):
         self.act1 = nn.PReLU(conv1_channels)
         self.primary = PrimaryCaps(conv1_channels, primary_channels, primary_dim, primary_kernel)
         self.n_in = primary_channels * h2 * h2
-        self.caps = RoutedCaps(self.n_in, primary_dim, n_caps, caps_dim, routing_iters, routing_grad)
+        self.caps = RoutedCaps(self.n_in, primary_dim, n_caps, caps_dim, routing_iters, routing_grad,
+                               routing_impl)
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(n_caps * caps_dim, dense),
                                   nn.LeakyReLU(0.2), nn.Linear(dense, 1))
 
