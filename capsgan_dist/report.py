@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from capsgan_dist.errors import UserError
+from capsgan_dist.plots import read_metrics
 
 # (title, metric keys) of the curve panels; keys a run never logged are left out.
 CURVE_PANELS = [
@@ -56,17 +57,6 @@ class Run:
         for row in self.metrics:
             out.update({k: v for k, v in row.items() if isinstance(v, (int, float))})
         return out
-
-
-def read_metrics(path: Path) -> list[dict]:
-    """Rows of metrics.jsonl, skipping a torn last line (same rule as plots.read_metrics, without torch)."""
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
 
 
 def _grids(folder: Path, prefix: str) -> list[tuple[int, Path]]:
