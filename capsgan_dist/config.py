@@ -201,6 +201,8 @@ class TrainConfig:
                      "checkpoint_every", "keep_checkpoints", "n_samples", "max_nonfinite"):
             _positive("train", name, getattr(self, name), 1, strict=False)
         _choice("train", "schedule", self.schedule, ("alternate", "both"))
+        if self.mixed_precision in ("False", "false"):  # YAML 1.1 reads a bare `no` as false
+            object.__setattr__(self, "mixed_precision", "no")
         _choice("train", "mixed_precision", self.mixed_precision, ("no", "bf16", "fp16"))
 
 
