@@ -139,3 +139,8 @@ def test_config_is_frozen():
     cfg = load_config(None)
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.train.steps = 3  # type: ignore[misc]
+
+
+def test_mixed_precision_no_on_the_command_line_means_no():
+    # YAML 1.1 (and OmegaConf's dotlist) read a bare `no` as the boolean false.
+    assert load_config(None, ["train.mixed_precision=no"]).train.mixed_precision == "no"
