@@ -22,7 +22,10 @@ from capsgan_dist.errors import ConfigError
 DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform")
 SCHEDULERS = ("asha", "pbt", "fifo")
 
-# The proxy metric reported until the evaluation issue's classifier FID exists (see docs/sweeps.md).
+# `metric: auto` ranks trials by the classifier FID when the trials evaluate (eval.classifier set),
+# else by this named training-health proxy (see docs/sweeps.md).
+AUTO_METRIC = "auto"
+FID_METRIC = "eval/fid"
 PROXY_METRIC = "proxy_d_gap"
 
 
@@ -80,10 +83,11 @@ class SweepConfig:
     set a key to null to drop it from the default space."""
     trials: int = 8
     """Samples drawn from the space (each `grid` key multiplies this)."""
-    metric: str = PROXY_METRIC
-    """Reported key to optimise; a proxy until the classifier FID exists (then: `fid`)."""
+    metric: str = AUTO_METRIC
+    """Reported key to optimise. auto: `eval/fid` (the classifier FID, lower is better) when the trials'
+    training config sets eval.classifier, else the proxy `proxy_d_gap`; or any logged key by name."""
     mode: str = "min"
-    """min | max: whether lower or higher `metric` is better."""
+    """min | max: whether lower or higher `metric` is better (auto: min)."""
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     cpus_per_trial: float = 1.0
     """CPUs reserved per trial (per worker when workers_per_trial > 1)."""
@@ -199,6 +203,31 @@ def load_sweep_config(path: str | Path, overrides: list[str] | tuple[str, ...] =
         return dataclasses.replace(OmegaConf.to_object(base), space=space)
     except OmegaConfBaseException as e:
         raise ConfigError(f"invalid sweep config {path}: {str(e).splitlines()[0]}") from None
+
+
+def resolve_metric(sweep: SweepConfig, base: dict) -> SweepConfig:
+    """The sweep with `metric: auto` made concrete for the trials' resolved training config `base`.
+
+    FID is the metric the sweep is for; the proxy is only a fallback for set-ups without a classifier,
+    and a sweep that asks for FID but cannot compute it fails here, before Ray starts.
+    """
+    ev = base["eval"]
+    metric = sweep.metric
+    if metric == AUTO_METRIC:
+        if sweep.mode != "min":
+            raise ConfigError("metric=auto ranks by FID or proxy_d_gap, both lower-is-better: drop mode=max "
+                              "or name the metric")
+        metric = FID_METRIC if ev["classifier"] else PROXY_METRIC
+    if metric.startswith("eval/"):
+        if not ev["classifier"] or not ev["every"]:
+            raise ConfigError(f"metric {metric} needs the trials to evaluate: add eval.classifier=FILE (from "
+                              "`capsgan classifier train`) and eval.every=N to the sweep's overrides")
+        clf = Path(ev["classifier"])
+        if not clf.is_file():
+            raise ConfigError(f"eval.classifier {clf} not found: train one with `capsgan classifier train "
+                              "--data DIR --arch lenet --out PATH`, or set eval.classifier=null to rank by "
+                              f"{PROXY_METRIC}")
+    return dataclasses.replace(sweep, metric=metric)
 
 
 def sweep_to_dict(sweep: SweepConfig) -> dict:

@@ -22,14 +22,21 @@ from typing import Any
 import yaml
 
 import capsgan_dist
-from capsgan_dist.config import load_config, replace, to_dict
+from capsgan_dist.config import Config, load_config, replace, to_dict
 from capsgan_dist.errors import ConfigError, UserError
-from capsgan_dist.sweep_config import SweepConfig, load_sweep_config, spec_values_to_check, sweep_to_dict
+from capsgan_dist.sweep_config import (
+    SweepConfig,
+    load_sweep_config,
+    resolve_metric,
+    spec_values_to_check,
+    sweep_to_dict,
+)
 from capsgan_dist.sweep_report import write_outputs
 from capsgan_dist.tune_trial import run_trial, trial_config
 
-# Overrides whose first part is a training-config section go to the trials, the rest to the sweep.
-TRAIN_SECTIONS = ("data", "model", "loss", "optim", "train", "tracking", "seed", "resume")
+# Overrides whose first part is a training-config key go to the trials, the rest to the sweep (whose
+# own `name` wins).
+TRAIN_SECTIONS = tuple(f.name for f in dataclasses.fields(Config) if f.name != "name")
 # Passed to the workers of an existing cluster (an embedded Ray inherits the whole environment).
 PASS_ENV = ("WANDB_MODE", "WANDB_DIR", "WANDB_API_KEY", "WANDB_SILENT", "OMP_NUM_THREADS")
 # Sweep settings that must match when a sweep is resumed (others, like max_concurrent, may change).
@@ -50,10 +57,9 @@ def split_overrides(overrides: list[str]) -> tuple[list[str], list[str]]:
 def resolve_base(sweep: SweepConfig) -> dict:
     """The base training config as a dict, checked against every value the space can take."""
     cfg = load_config(sweep.base, sweep.overrides)
-    root = cfg.data.root
-    if root and not Path(root).is_absolute():  # trials run in other folders (and on other nodes)
-        root = str(Path(root).resolve())
-    cfg = replace(cfg, data={"root": root}, tracking={"group": sweep.name})
+    # Trials run in other folders (and on other nodes): relative paths are made absolute here.
+    root, clf = (str(Path(p).resolve()) if p else p for p in (cfg.data.root, cfg.eval.classifier))
+    cfg = replace(cfg, data={"root": root}, eval={"classifier": clf}, tracking={"group": sweep.name})
     base = to_dict(cfg)
     for key, spec in sweep.searched.items():
         for value in spec_values_to_check(spec):
@@ -157,6 +163,8 @@ def run_sweep(sweep: SweepConfig, address: str | None = None, require_resume: bo
     from ray import tune
 
     base = resolve_base(sweep)
+    sweep = resolve_metric(sweep, base)
+    print(f"sweep metric: {sweep.metric} ({sweep.mode})", file=sys.stderr)
     sweep_dir = (Path(sweep.out_dir) / sweep.name).resolve()
     exp_dir = sweep_dir / EXPERIMENT
     record = {"sweep": sweep_to_dict(sweep), "base": base}

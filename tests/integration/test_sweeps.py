@@ -134,6 +134,24 @@ def test_crashing_trial_is_retried_then_reported_failed(tmp_path, ray_address):
     assert best["train"]["batch_real"] == 8
 
 
+def test_trials_are_ranked_by_classifier_fid_when_they_evaluate(tmp_path, ray_address, mnist_classifier):
+    # The default `metric: auto` picks the classifier FID because the trials set eval.classifier.
+    sweep = write_sweep(tmp_path, "fid", scheduler={"name": "asha", "grace_period": 10},
+                        overrides=[*BASE, "eval.every=10", "eval.n=64", f"eval.classifier={mnist_classifier}"],
+                        space={**NO_DEFAULT_SPACE, "model.routing_iters": {"grid": [1, 3]}})
+    proc = run_capsgan("sweep", str(sweep), "--address", ray_address, timeout=240)
+    assert "sweep metric: eval/fid (min)" in proc.stderr
+    sweep_dir = tmp_path / "sweeps" / "fid"
+    rows = table(sweep_dir)
+    assert len(rows) == 2 and "| rank | trial | status | eval/fid |" in (sweep_dir / "results.md").read_text()
+    fids = [float(r["eval/fid"]) for r in rows]
+    assert fids == sorted(fids) and all(f > 0 for f in fids)
+    for r in rows:  # each trial's reported FID is its own evaluation's, at the step it reached
+        evals = [json.loads(line) for line in (Path(r["run_dir"]) / "metrics.jsonl").read_text().splitlines()
+                 if "eval/fid" in line]
+        assert float(r["eval/fid"]) == pytest.approx(evals[-1]["eval/fid"]) and evals[-1]["step"] == int(r["step"])
+
+
 def test_killed_sweep_resumes_where_it_stopped(tmp_path, ray_address):
     # A short trial that finishes early and a long one that is mid-way when the driver is killed.
     sweep = write_sweep(tmp_path, "kill", space={**NO_DEFAULT_SPACE, "train.steps": {"grid": [10, 240]}})

@@ -11,7 +11,7 @@ from conftest import DEBUG_CONFIG, REPO, run_capsgan
 
 from capsgan_dist.config import load_config, to_dict
 from capsgan_dist.errors import ConfigError
-from capsgan_dist.sweep_config import load_sweep_config
+from capsgan_dist.sweep_config import FID_METRIC, PROXY_METRIC, load_sweep_config, resolve_metric
 from capsgan_dist.tune import resolve_base, split_overrides
 from capsgan_dist.tune_trial import ATTEMPTS, ORIGIN, RESTORED, Reporter, prepare_run_dir, proxy_d_gap, trial_config
 
@@ -28,7 +28,7 @@ def test_default_space_is_routing_and_both_learning_rates(tmp_path):
     s = load_sweep_config(sweep_file(tmp_path))
     assert s.searched == {"model.routing_iters": {"choice": [1, 2, 3, 4, 5]},
                           "optim.lr_d": {"loguniform": [1e-5, 1e-3]}, "optim.lr_g": {"loguniform": [1e-5, 1e-3]}}
-    assert s.scheduler.name == "asha" and s.metric == "proxy_d_gap" and s.mode == "min"
+    assert s.scheduler.name == "asha" and s.metric == "auto" and s.mode == "min"
 
 
 def test_space_entries_replace_defaults_and_null_drops_them(tmp_path):
@@ -75,8 +75,37 @@ def test_base_gets_sweep_group_and_absolute_data_root(tmp_path):
 
 def test_overrides_split_between_sweep_and_training():
     assert split_overrides(["trials=3", "train.steps=5", "scheduler.name=pbt", "optim.lr_d=1e-4", "seed=2",
-                            "name=x"]) == (["trials=3", "scheduler.name=pbt", "name=x"],
-                                           ["train.steps=5", "optim.lr_d=1e-4", "seed=2"])
+                            "name=x", "eval.every=50", "perf.routing=plain"]) == (
+        ["trials=3", "scheduler.name=pbt", "name=x"],
+        ["train.steps=5", "optim.lr_d=1e-4", "seed=2", "eval.every=50", "perf.routing=plain"])
+
+
+def test_auto_metric_is_fid_when_trials_evaluate_else_the_named_proxy(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "clf.safetensors").write_bytes(b"")  # only its existence is checked here
+    proxy = load_sweep_config(sweep_file(tmp_path))
+    assert proxy.metric == "auto" and resolve_metric(proxy, resolve_base(proxy)).metric == PROXY_METRIC
+    fid = load_sweep_config(sweep_file(tmp_path, overrides=["eval.every=10", "eval.classifier=clf.safetensors"]))
+    base = resolve_base(fid)
+    assert base["eval"]["classifier"] == str(tmp_path / "clf.safetensors")  # absolute: trials run elsewhere
+    assert resolve_metric(fid, base).metric == FID_METRIC
+    named = load_sweep_config(sweep_file(tmp_path, metric="loss_g", overrides=["eval.every=10",
+                                                                             "eval.classifier=clf.safetensors"]))
+    assert resolve_metric(named, resolve_base(named)).metric == "loss_g"  # an explicit metric is kept
+
+
+@pytest.mark.parametrize("fields, match", [
+    ({"overrides": ["eval.classifier=clf.safetensors"]}, "needs the trials to evaluate.*eval.every=N"),
+    ({"metric": "eval/fid"}, "needs the trials to evaluate: add eval.classifier"),
+    ({"overrides": ["eval.every=10", "eval.classifier=missing.safetensors"]}, "missing.safetensors not found"),
+    ({"mode": "max"}, "metric=auto ranks by FID or proxy_d_gap"),
+])
+def test_a_fid_sweep_that_cannot_compute_fid_fails_before_ray(tmp_path, monkeypatch, fields, match):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "clf.safetensors").write_bytes(b"")
+    s = load_sweep_config(sweep_file(tmp_path, **fields))
+    with pytest.raises(ConfigError, match=match):
+        resolve_metric(s, resolve_base(s))
 
 
 def test_trial_config_sets_dotted_params_on_the_base():
