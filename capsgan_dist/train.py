@@ -241,6 +241,11 @@ def _train(cfg: Config, dist: Dist, require_checkpoint: bool,
             done = step + 1
             bar.update(1)
 
+            # Before the log: on_log (a sweep's reporter) must see this step's FID, not the previous one.
+            # Its time is left out of the window, so img_s stays a training throughput.
+            t_eval = time.perf_counter()
+            evaluate(G, done, tracker)
+            t_window += time.perf_counter() - t_eval
             if done % t.log_every == 0 or done == t.steps:
                 last = _reduce_window(window, time.perf_counter() - t_window, dist, skipped,
                                       record_rank and functools.partial(record_rank, done))
@@ -255,7 +260,6 @@ def _train(cfg: Config, dist: Dist, require_checkpoint: bool,
                 _save_samples(G, dist, fixed_z, run_dir, done, tracker)
             if done % cfg.tracking.grid_every == 0 or done == t.steps:
                 _log_rank_grid(G, dist, cfg, done, tracker, run_dir)
-            evaluate(G, done, tracker)
             stop_now = dist.any(stop.raised is not None)
             if done % t.checkpoint_every == 0 or done == t.steps or stop_now:
                 checkpoint.save_checkpoint(dist, run_dir / "checkpoints", done, mhash, t.keep_checkpoints)
