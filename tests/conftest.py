@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,19 @@ def cli_env(**extra: str) -> dict[str, str]:
                RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1")
     env.update(extra)
     return env
+
+
+def wait_for(condition, timeout: float, what: str, proc: subprocess.Popen | None = None,
+             poll: float = 0.2) -> None:
+    """Poll an on-disk (or cluster) condition, the event a test synchronises on, every `poll` s;
+    fail if it is not true within `timeout` or `proc` ended first."""
+    end = time.monotonic() + timeout
+    while not condition():
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"process exited ({proc.returncode}) before {what}")
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(poll)
 
 
 def run_capsgan(*args: str, nproc: int = 1, timeout: float = 300, check: bool = True,

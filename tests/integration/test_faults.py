@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import DEBUG_CONFIG, REPO, cli_env, run_capsgan
+from conftest import DEBUG_CONFIG, REPO, cli_env, run_capsgan, wait_for
 from safetensors.torch import load_file
 
 HERE = Path(__file__).resolve().parent
@@ -37,17 +37,6 @@ N_KILLED_RUNS = 20
 
 def _hook_env(faults: dict) -> dict[str, str]:
     return cli_env(PYTHONPATH=f"{HOOKS}{os.pathsep}{REPO}", CAPSGAN_FAULTS=json.dumps(faults))
-
-
-def _wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:
-    """Poll an on-disk condition (the event we synchronise on), failing if it never comes."""
-    end = time.monotonic() + timeout
-    while not predicate():
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"process exited ({proc.returncode}) before {what}")
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def _final_state(run: Path, step: int = STEPS) -> dict[str, torch.Tensor]:
@@ -177,7 +166,7 @@ def test_sigterm_to_torchrun_group_saves_checkpoint_and_resume_completes(tmp_pat
     proc = subprocess.Popen(_torchrun(*args), env=cli_env(), cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
-        _wait_for(lambda: len(_metric_steps(run)) >= 1, 180, "the first metrics row", proc)
+        wait_for(lambda: len(_metric_steps(run)) >= 1, 180, "the first metrics row", proc, poll=0.05)
         os.killpg(proc.pid, signal.SIGTERM)  # what a scheduler (or Ctrl-C on the group) does
         out, _ = proc.communicate(timeout=180)
     finally:
@@ -217,7 +206,8 @@ def test_torchrun_elastic_restart_resumes_from_last_checkpoint(tmp_path):
     proc = subprocess.Popen(_torchrun(*args, max_restarts=1), env=env, cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
-        _wait_for(lambda: (run / "checkpoints" / "step_0000010").is_dir(), 240, "the first checkpoint", proc)
+        wait_for(lambda: (run / "checkpoints" / "step_0000010").is_dir(), 240, "the first checkpoint", proc,
+                 poll=0.05)
         workers = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
         rank1 = [int(w) for w in workers if _environ(int(w)).get("RANK") == "1"]
         assert len(workers) == 2 and len(rank1) == 1, workers

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import DEBUG_CONFIG, REPO, cli_env, run_capsgan
+from conftest import DEBUG_CONFIG, REPO, cli_env, run_capsgan, wait_for
 
 ray = pytest.importorskip("ray", reason="ray[tune] is an optional dependency (pip install -e .[tune])")
 pytestmark = pytest.mark.slow
@@ -71,17 +71,6 @@ def recorded_status(sweep_dir: Path) -> dict[str, str]:
         return {t["trial_id"]: t["status"] for t in (json.loads(data) for data, _meta in trials)}
     except (OSError, ValueError, KeyError):  # caught mid-write: ask again
         return {}
-
-
-def wait_for(condition, timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:
-    """Poll `condition` (every 0.2 s) until true; fail if it is not within `timeout` or `proc` ended."""
-    end = time.monotonic() + timeout
-    while not condition():
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"the sweep exited ({proc.returncode}) before {what}")
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.2)
 
 
 def test_asha_sweep_writes_sorted_table_and_runnable_best_config(tmp_path):
