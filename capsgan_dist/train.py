@@ -167,7 +167,7 @@ def _train(cfg: Config, dist: Dist, require_checkpoint: bool,
         _truncate_metrics(run_dir / "metrics.jsonl", start)
     environment = {"world_size": dist.world, **_environment()}
     if dist.is_main:
-        (run_dir / "environment.json").write_text(json.dumps(environment, indent=1))  # for `capsgan report`
+        checkpoint.write_text_atomic(run_dir / "environment.json", json.dumps(environment, indent=1))  # for report
     run_config = {**to_dict(cfg), **environment}
     tracker = make_tracker(cfg, run_dir, run_config, dist.is_main)
     record_rank = rank_metrics_recorder(run_dir, dist.rank)  # None unless CAPSGAN_DEBUG_RANK_METRICS=1
