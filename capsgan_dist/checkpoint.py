@@ -80,8 +80,12 @@ def _agree(dist: Dist, err: BaseException | None, root: Path, step: int, tmp: Pa
         f"the last good checkpoint ({good[-1].name if good else 'none'})")
 
 
-def save_checkpoint(dist: Dist, root: Path, step: int, model_hash: str, keep: int) -> Path:
-    """Save G, D, both optimizers and RNG states at `step`; every rank must call this."""
+def save_checkpoint(dist: Dist, root: Path, step: int, model_hash: str, keep: int,
+                    keep_steps: tuple[int, ...] = (), extra: dict | None = None) -> Path:
+    """Save G, D, both optimizers and RNG states at `step`; every rank must call this.
+
+    `extra` goes into the manifest (e.g. the CPU time spent so far); `keep_steps` are never pruned.
+    """
     final = root / f"step_{step:07d}"
     tmp = root / f"{TMP_PREFIX}step_{step:07d}"
     err: BaseException | None = None
@@ -100,18 +104,18 @@ def save_checkpoint(dist: Dist, root: Path, step: int, model_hash: str, keep: in
     _agree(dist, err, root, step, tmp)
     if dist.is_main:
         try:
-            _publish(tmp, final, {"step": step, "model_hash": model_hash})
+            _publish(tmp, final, {"step": step, "model_hash": model_hash, **(extra or {})})
         except OSError as e:
             err = e
     _agree(dist, err, root, step, tmp)
     if dist.is_main:
-        prune(root, keep, final)
+        prune(root, keep, final, keep_steps)
     dist.barrier()
     return final
 
 
-def prune(root: Path, keep: int, current: Path) -> None:
-    """Keep `current` and the newest keep-1 checkpoints before it; never touch newer ones.
+def prune(root: Path, keep: int, current: Path, keep_steps: tuple[int, ...] = ()) -> None:
+    """Keep `current`, the newest keep-1 checkpoints before it and those of `keep_steps`; never touch newer ones.
 
     Newer folders only exist when they failed verification and the run went back to an older one;
     they are replaced as training reaches their steps, so pruning by name alone could keep a broken
@@ -119,10 +123,16 @@ def prune(root: Path, keep: int, current: Path) -> None:
     """
     older = [p for p in list_checkpoints(root) if p.name < current.name]
     for old in older[: max(len(older) - (keep - 1), 0)]:
-        _remove(old)
+        if step_of(old) not in keep_steps:  # e.g. the comparison points a later evaluation reloads
+            _remove(old)
 
 
-def tidy(root: Path, keep: int, current: Path | None) -> list[str]:
+def step_of(path: Path) -> int:
+    """The step of a `step_XXXXXXX` checkpoint folder."""
+    return int(path.name.split("_", 1)[1])
+
+
+def tidy(root: Path, keep: int, current: Path | None, keep_steps: tuple[int, ...] = ()) -> list[str]:
     """At start-up: remove `.tmp-*` leftovers of a killed run and prune around `current`; returns the leftovers."""
     if not root.is_dir():
         return []
@@ -130,7 +140,7 @@ def tidy(root: Path, keep: int, current: Path | None) -> list[str]:
     for p in leftovers:
         shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
     if current is not None:  # a kill between publishing and pruning left one too many
-        prune(root, keep, current)
+        prune(root, keep, current, keep_steps)
     return [p.name for p in leftovers]
 
 

@@ -1,11 +1,14 @@
 """The paper's experiment as numbers: CapsuleGAN vs the DCGAN baseline over several seeds.
 
 `capsgan compare configs/compare_mnist.yaml` trains every (model, seed) pair from one base train
-config (same generator, schedule, data and seeds; only the discriminator differs), with the
-training-loop evaluation on, then writes under `out_dir`: compare.json (every value), table.md
-(mean +- std over seeds), fid.png (FID vs step, mean and spread), ablation.png (routing
-iterations), and grid_step_XXXXXXX.png (fixed-noise samples side by side, paper Fig. 10).
-Finished runs are skipped and interrupted ones resumed, so the command can simply be rerun.
+config (same generator, schedule, data and seeds; only the discriminator differs, and a model may
+train longer with its own `train.steps=`), with the training-loop evaluation on, then writes under
+`out_dir`: compare.json (every value), table.md (mean +- std over seeds; the comparison points;
+GAM battles), fid.png and fid_cpu.png (FID vs step and vs training CPU-seconds), ablation.png
+(routing iterations), grid_step_XXXXXXX.png (fixed-noise samples side by side, paper Fig. 10) and
+grid_points.png (every seed at every comparison point).
+Finished runs are skipped, interrupted ones resumed from their newest checkpoint and GAM battles
+already fought are read back, so the command can simply be rerun.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from capsgan_dist import checkpoint, plots
+from capsgan_dist import checkpoint, compare_points, plots
 from capsgan_dist.config import Config, load_config
 from capsgan_dist.errors import ConfigError, UserError
 
@@ -57,6 +60,21 @@ class CompareConfig:
     """The model whose routing iterations the ablation varies."""
     out_dir: str = "runs/compare"
     """Folder of the runs and the report."""
+    points: dict[str, list[int]] = field(default_factory=dict)
+    """Comparison points: model -> steps set side by side (table, grids of every seed, GAM), e.g. the
+    paper's capsgan [1000, 10000] vs dcgan [10000, 30000]. Their checkpoints are kept."""
+    learned_fid: float = 600.0
+    """A seed 'learned' when its last FID is below this (MNIST LeNet space: real ~2, noise ~1,200,
+    all-black ~1,530)."""
+    gam_models: list[str] = field(default_factory=list)
+    """Two model names whose runs battle by the GAM (Im et al. 2016) at every pair of their comparison
+    points and seeds; empty: no GAM."""
+    gam_n: int = 2000
+    """Generated images per side of a GAM battle (and at most this many real test images)."""
+    gam_split: str = "test"
+    """Data split of the real images both D's are judged on (data.split: an IDX folder's t10k files)."""
+    gam_tolerance: float = 0.2
+    """A battle counts only when |r_test - 1| <= this."""
 
     def __post_init__(self) -> None:
         if len(self.models) < 1 or not self.seeds:
@@ -68,6 +86,16 @@ class CompareConfig:
                               f"({', '.join(self.models)})")
         if any(r < 1 for r in self.routing_ablation):
             raise ConfigError("compare: routing_ablation entries must be >= 1")
+        for name, steps in self.points.items():
+            if name not in self.models:
+                raise ConfigError(f"compare: points names {name!r}, not one of the models ({', '.join(self.models)})")
+            if any(st < 1 or st % self.eval_every for st in steps):
+                raise ConfigError(f"compare: points of {name} ({steps}) must be multiples of "
+                                  f"eval_every={self.eval_every}")
+        if self.gam_models and (len(self.gam_models) != 2 or any(m not in self.points for m in self.gam_models)):
+            raise ConfigError(f"compare: gam_models must name two models that have points, got {self.gam_models}")
+        if self.gam_n < 1 or self.gam_tolerance < 0:
+            raise ConfigError("compare: gam_n must be >= 1 and gam_tolerance >= 0")
 
 
 def load_compare_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> CompareConfig:
@@ -111,16 +139,23 @@ def variants(cc: CompareConfig) -> list[Variant]:
     return out
 
 
-def _train_config(cc: CompareConfig, variant_overrides: list[str], seed: int, run_dir: Path) -> Config:
+def _train_config(cc: CompareConfig, variant_overrides: list[str], seed: int, run_dir: Path,
+                  keep_steps: list[int] | None = None) -> Config:
+    # A model's own overrides come after `steps`, so `train.steps=30000` in one model's list wins.
     return load_config(cc.base, [
-        *cc.overrides, *variant_overrides, f"seed={seed}", f"train.steps={cc.steps}",
+        *cc.overrides, f"train.steps={cc.steps}", *variant_overrides, f"seed={seed}",
         f"train.run_dir={run_dir}", "resume=auto", f"eval.every={cc.eval_every}", f"eval.n={cc.eval_n}",
         f"eval.classifier={cc.classifier}", f"train.sample_every={cc.eval_every}",
+        f"train.keep_steps=[{','.join(str(st) for st in keep_steps or [])}]",
     ])
 
 
 def _run_dir(cc: CompareConfig, variant: str, seed: int) -> Path:
     return Path(cc.out_dir) / variant / f"seed{seed}"
+
+
+def _variant_steps(cc: CompareConfig, v: Variant) -> int:
+    return _train_config(cc, v.overrides, cc.seeds[0], Path(".")).train.steps
 
 
 def _finished(run_dir: Path, steps: int) -> bool:
@@ -139,11 +174,12 @@ def run_all(cc: CompareConfig, log=print) -> bool:
     todo = {(v.name, s): v for s in cc.seeds for v in variants(cc)}  # seed-major: early seeds complete first
     for i, ((name, seed), v) in enumerate(todo.items(), 1):
         run_dir = _run_dir(cc, name, seed)
-        if _finished(run_dir, cc.steps):
+        cfg = _train_config(cc, v.overrides, seed, run_dir, cc.points.get(name))
+        if _finished(run_dir, cfg.train.steps):
             log(f"[{i}/{len(todo)}] {name} seed {seed}: finished earlier, skipped")
             continue
-        log(f"[{i}/{len(todo)}] {name} seed {seed}: training {cc.steps} steps -> {run_dir}")
-        summary = train(_train_config(cc, v.overrides, seed, run_dir))
+        log(f"[{i}/{len(todo)}] {name} seed {seed}: training {cfg.train.steps} steps -> {run_dir}")
+        summary = train(cfg)
         if summary["preempted"]:
             log(f"[{i}/{len(todo)}] {name} seed {seed}: stopped on a signal at step {summary['step']} "
                 "(checkpoint saved); rerun the same command to resume")
@@ -163,6 +199,12 @@ def eval_curve(run_dir: Path) -> dict[int, dict[str, float]]:
     return curve
 
 
+def cpu_curve(run_dir: Path) -> dict[int, float]:
+    """{step: training CPU-seconds so far} from the logged rows of a run's metrics.jsonl."""
+    return {int(r["step"]): float(r["cpu_s"]) for r in plots.read_metrics(run_dir / "metrics.jsonl")
+            if "cpu_s" in r}
+
+
 def _mean_std(xs: list[float]) -> tuple[float, float]:
     return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
 
@@ -175,6 +217,7 @@ def aggregate(cc: CompareConfig) -> dict:
             out["variants"][v.name]["groups"].append(v.group)
             continue
         curves = {s: eval_curve(_run_dir(cc, v.name, s)) for s in cc.seeds}
+        cpu = {s: cpu_curve(_run_dir(cc, v.name, s)) for s in cc.seeds}
         steps = sorted(set.intersection(*(set(c) for c in curves.values()))) if curves else []
         rows = []
         for step in steps:
@@ -183,13 +226,20 @@ def aggregate(cc: CompareConfig) -> dict:
                 vals = [curves[s][step][m] for s in cc.seeds if m in curves[s][step]]
                 row[m], row[m + "_sd"] = _mean_std(vals)
                 row[m + "_seeds"] = vals
+            cpus = [cpu[s][step] for s in cc.seeds if step in cpu[s]]
+            if cpus:
+                row["cpu_s"], row["cpu_s_sd"] = _mean_std(cpus)
+                row["cpu_s_seeds"] = cpus
             rows.append(row)
         wall = []
         for s in cc.seeds:
             p = _run_dir(cc, v.name, s) / "summary.json"
             if p.is_file():
                 wall.append(json.loads(p.read_text())["wall_s"])
-        out["variants"][v.name] = {"groups": [v.group], "rows": rows, "wall_s_seeds": wall}
+        finals = [curves[s][max(curves[s])] for s in cc.seeds if curves[s]]
+        last_fid = [f["fid"] for f in finals if "fid" in f]
+        out["variants"][v.name] = {"groups": [v.group], "rows": rows, "wall_s_seeds": wall,
+                                   "learned": sum(f < cc.learned_fid for f in last_fid), "n_seeds": len(last_fid)}
     return out
 
 
@@ -210,8 +260,28 @@ def table(agg: dict, group: str = "models") -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_curves(agg: dict, group: str, metric: str, out: Path, title: str) -> None:
-    """`metric` vs step for each variant of `group`: mean line, min-max band over seeds."""
+def points_table(agg: dict, cc: CompareConfig) -> str:
+    """Markdown: the comparison points side by side, mean ± std and every seed's FID, plus CPU time."""
+    lines = ["| model | step | " + " | ".join(TABLE_METRICS) + " | FID per seed | CPU s (mean) | learned |",
+             "|---|---:|" + "---:|" * len(TABLE_METRICS) + "---|---:|---:|"]
+    for name, steps in cc.points.items():
+        v = agg["variants"].get(name, {"rows": [], "learned": 0, "n_seeds": 0})
+        by_step = {r["step"]: r for r in v["rows"]}
+        for st in steps:
+            r = by_step.get(st)
+            if r is None:
+                dashes = " | ".join("-" for _ in TABLE_METRICS)
+                lines.append(f"| {name} | {st} | {dashes} | not reached | - | - |")
+                continue
+            seeds = ", ".join(f"{x:.0f}" for x in r.get("fid_seeds", []))
+            cpu = f"{r['cpu_s']:.0f}" if "cpu_s" in r else "-"
+            lines.append(f"| {name} | {st} | " + " | ".join(_fmt(r, m) for m in TABLE_METRICS)
+                         + f" | {seeds} | {cpu} | {v['learned']}/{v['n_seeds']} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_curves(agg: dict, group: str, metric: str, out: Path, title: str, x: str = "step") -> None:
+    """`metric` vs step (or vs `cpu_s`) for each variant of `group`: mean line, min-max band over seeds."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -219,15 +289,15 @@ def plot_curves(agg: dict, group: str, metric: str, out: Path, title: str) -> No
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name, v in agg["variants"].items():
-        rows = [r for r in v["rows"] if metric in r]
+        rows = [r for r in v["rows"] if metric in r and x in r]
         if group not in v["groups"] or not rows:
             continue
-        steps = [r["step"] for r in rows]
+        steps = [r[x] for r in rows]
         line, = ax.plot(steps, [r[metric] for r in rows], marker="o", ms=3,
                         label=f"{name} (n={len(rows[0][metric + '_seeds'])} seeds)")
         ax.fill_between(steps, [min(r[metric + "_seeds"]) for r in rows], [max(r[metric + "_seeds"]) for r in rows],
                         color=line.get_color(), alpha=0.2)
-    ax.set_xlabel("training step")
+    ax.set_xlabel("training step" if x == "step" else "training CPU-seconds (mean over seeds, evaluation excluded)")
     ax.set_ylabel(metric.upper() + " (classifier features)" if metric in ("fid", "kid") else metric)
     if metric == "fid":
         ax.set_yscale("log")
@@ -275,13 +345,24 @@ def report(cc: CompareConfig) -> dict:
     text += "\nTraining wall time per run (s, evaluations included): " + ", ".join(
         f"{name} {statistics.fmean(v['wall_s_seeds']):.0f}" for name, v in agg["variants"].items()
         if v["wall_s_seeds"]) + "\n"
+    if cc.points:
+        text += (f"\n## Comparison points\n\n'learned': last FID below {cc.learned_fid:g}. CPU s: training "
+                 "CPU-seconds to that step (summed over ranks, evaluation excluded).\n\n" + points_table(agg, cc))
     if cc.routing_ablation:
         text += f"\n## Routing iterations ({cc.ablation_model})\n\n" + table(agg, "ablation")
+    agg["gam"] = compare_points.gam_battles(cc, _run_dir)
+    if agg["gam"]:
+        text += (f"\n## GAM battles ({cc.gam_models[0]} = M1, {cc.gam_models[1]} = M2; {cc.gam_n} samples a side, "
+                 f"tolerance {cc.gam_tolerance:g})\n\n" + compare_points.gam_table(agg["gam"]))
     (out_dir / "table.md").write_text(text)
     plot_curves(agg, "models", "fid", out_dir / "fid.png", f"{cc.name}: FID vs step (mean, min-max over seeds)")
+    plot_curves(agg, "models", "fid", out_dir / "fid_cpu.png", f"{cc.name}: FID vs training CPU time", x="cpu_s")
     if cc.routing_ablation:
         plot_curves(agg, "ablation", "fid", out_dir / "ablation.png", f"{cc.name}: routing iterations, FID vs step")
     agg["grids"] = [str(p) for p in sample_grids(cc, out_dir)]
+    points_png = compare_points.points_grid(cc, _run_dir, out_dir / "grid_points.png") if cc.points else None
+    if points_png:
+        agg["grids"].append(str(points_png))
     (out_dir / "compare.json").write_text(json.dumps(agg, indent=1) + "\n")
     return agg
 

@@ -185,6 +185,8 @@ class TrainConfig:
     """Steps between checkpoints (one is always written at the end)."""
     keep_checkpoints: int = 3
     """Keep the newest K checkpoints."""
+    keep_steps: list[int] = field(default_factory=list)
+    """Steps that always get a checkpoint, never pruned (e.g. comparison points reloaded later)."""
     n_samples: int = 64
     """Images in the fixed-noise grid."""
     out_dir: str = "runs"
@@ -201,6 +203,8 @@ class TrainConfig:
                      "checkpoint_every", "keep_checkpoints", "n_samples", "max_nonfinite"):
             _positive("train", name, getattr(self, name), 1, strict=False)
         _choice("train", "schedule", self.schedule, ("alternate", "both"))
+        if any(s < 1 for s in self.keep_steps):
+            raise ConfigError(f"train.keep_steps must hold steps >= 1, got {self.keep_steps}")
         if self.mixed_precision in ("False", "false"):  # YAML 1.1 reads a bare `no` as false
             object.__setattr__(self, "mixed_precision", "no")
         _choice("train", "mixed_precision", self.mixed_precision, ("no", "bf16", "fp16"))

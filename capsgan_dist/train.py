@@ -161,7 +161,8 @@ def _train(cfg: Config, dist: Dist, require_checkpoint: bool,
         raise CheckpointError(f"no checkpoint in {run_dir / 'checkpoints'} to resume from (the run stopped "
                               "before its first one); start a new run without --resume")
     if dist.is_main:
-        for name in checkpoint.tidy(run_dir / "checkpoints", t.keep_checkpoints, found[0] if found else None):
+        for name in checkpoint.tidy(run_dir / "checkpoints", t.keep_checkpoints, found[0] if found else None,
+                                    tuple(t.keep_steps)):
             print(f"capsgan: removed {name}, an unfinished checkpoint of a killed run", file=sys.stderr)
         checkpoint.write_text_atomic(run_dir / "config.yaml", to_yaml(cfg))
         _truncate_metrics(run_dir / "metrics.jsonl", start)
@@ -215,18 +216,24 @@ def _train(cfg: Config, dist: Dist, require_checkpoint: bool,
     window: dict[str, list[float]] = {}
     last: dict[str, float] = {}
     nonfinite_run, skipped, step = 0, 0, start
+    # Training CPU seconds summed over ranks (evaluation, grids and checkpoints left out), carried
+    # across resumes in the checkpoint manifest: what a step costs, whatever else shares the machine.
+    cpu_total = float(found[1].get("cpu_s", 0.0)) if found else 0.0
+    cpu_pending = 0.0  # this rank's, since the last reduction
     preempted = False
     t_window = time.perf_counter()
     t_start = time.perf_counter()
     with StopFlag() as stop:
         for step in range(start, t.steps):
             stats: dict[str, float] = {}
+            cpu0 = time.process_time()
             if t.schedule == "both" or step % 2 == 0:
                 stats.update(d_step(step))
             if t.schedule == "both" or step % 2 == 1:
                 g = g_step(step)
                 stats["images"] = stats.get("images", 0.0) + g.pop("images")
                 stats.update(g)
+            cpu_pending += time.process_time() - cpu0
             bad = any(not math.isfinite(v) for k, v in stats.items() if k.startswith("gnorm"))
             nonfinite_run = nonfinite_run + 1 if bad else 0
             skipped += bad
@@ -249,6 +256,8 @@ def _train(cfg: Config, dist: Dist, require_checkpoint: bool,
             if done % t.log_every == 0 or done == t.steps:
                 last = _reduce_window(window, time.perf_counter() - t_window, dist, skipped,
                                       record_rank and functools.partial(record_rank, done))
+                cpu_total += dist.sum({"cpu": cpu_pending})["cpu"]
+                cpu_pending, last["cpu_s"] = 0.0, cpu_total
                 last["lr_d"], last["lr_g"] = opt_d.param_groups[0]["lr"], opt_g.param_groups[0]["lr"]
                 last.update(gpu_memory(dist))
                 tracker.log(done, last)
@@ -261,8 +270,11 @@ def _train(cfg: Config, dist: Dist, require_checkpoint: bool,
             if done % cfg.tracking.grid_every == 0 or done == t.steps:
                 _log_rank_grid(G, dist, cfg, done, tracker, run_dir)
             stop_now = dist.any(stop.raised is not None)
-            if done % t.checkpoint_every == 0 or done == t.steps or stop_now:
-                checkpoint.save_checkpoint(dist, run_dir / "checkpoints", done, mhash, t.keep_checkpoints)
+            if done % t.checkpoint_every == 0 or done == t.steps or stop_now or done in t.keep_steps:
+                cpu_total += dist.sum({"cpu": cpu_pending})["cpu"]
+                cpu_pending = 0.0
+                checkpoint.save_checkpoint(dist, run_dir / "checkpoints", done, mhash, t.keep_checkpoints,
+                                           tuple(t.keep_steps), {"cpu_s": cpu_total})
             if stop_now:
                 preempted = step + 1 < t.steps
                 break
@@ -274,7 +286,7 @@ def _train(cfg: Config, dist: Dist, require_checkpoint: bool,
         plots.make_gif(sorted((run_dir / "samples").glob("step_*.png")), run_dir / "samples.gif")
     return {"run_dir": str(run_dir), "step": step + 1 if t.steps > start else start,
             "preempted": preempted, "skipped_steps": skipped, "world_size": dist.world,
-            "wall_s": time.perf_counter() - t_start, **last}
+            "wall_s": time.perf_counter() - t_start, **last, "cpu_s": cpu_total}
 
 
 def _step(acc, model: torch.nn.Module, opt: torch.optim.Optimizer, clip: float) -> float:

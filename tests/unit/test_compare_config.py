@@ -29,3 +29,30 @@ def test_unknown_compare_key_is_a_config_error(tmp_path: Path):
     path.write_text("sedes: [0]\n")
     with pytest.raises(ConfigError, match="sedes"):
         load_compare_config(path)
+
+
+def test_paper_scale_presets_train_dcgan_three_times_longer_and_keep_the_comparison_points():
+    from capsgan_dist.compare import _train_config
+
+    for name in ("compare_paper_mnist.yaml", "compare_paper_fashion.yaml"):
+        cc = load_compare_config(REPO / "configs" / name)
+        assert cc.points == {"capsgan": [1000, 10000], "dcgan": [10000, 30000]}
+        assert cc.gam_models == ["capsgan", "dcgan"]
+        caps = _train_config(cc, cc.models["capsgan"], 0, Path("x"), cc.points["capsgan"])
+        dc = _train_config(cc, cc.models["dcgan"], 0, Path("x"), cc.points["dcgan"])
+        assert (caps.train.steps, dc.train.steps) == (10000, 30000)
+        assert dc.train.keep_steps == [10000, 30000] and caps.model.discriminator == "capsule"
+        assert caps.train.mixed_precision == "no" and caps.optim.lr_d == caps.optim.lr_g == 2e-4
+        assert (caps.train.batch_real, caps.train.batch_fake, caps.train.schedule) == (16, 16, "alternate")
+
+
+@pytest.mark.parametrize("extra, match", [
+    ("points: {nope: [1000]}", "points names 'nope'"),
+    ("points: {capsgan: [1500]}", "multiples of eval_every"),
+    ("points: {capsgan: [1000]}\ngam_models: [capsgan, dcgan]", "gam_models must name two models"),
+])
+def test_bad_comparison_points_and_gam_models_are_config_errors(tmp_path: Path, extra: str, match: str):
+    path = tmp_path / "c.yaml"
+    path.write_text(f"base: {REPO / 'configs' / 'debug.yaml'}\n{extra}\n")
+    with pytest.raises(ConfigError, match=match):
+        load_compare_config(path)

@@ -5,6 +5,7 @@ PYTHONPATH and describe the faults in the CAPSGAN_FAULTS environment variable (J
   {"nan_d_updates": [2, 3]}   D's loss is NaN on these D updates (0-based), so their gradients are
   {"wandb_fail": "init"}      wandb.init raises, as when W&B is unreachable at start
   {"wandb_fail": 2}           Run.log raises from its 3rd call on (W&B failing mid-run)
+  {"kill_after_eval": {"run": "dcgan", "step": 30}}  SIGKILL once the loop evaluated that step of that run
 Nothing here runs unless the variable is set.
 """
 
@@ -45,3 +46,17 @@ if "wandb_fail" in _FAULTS:
             return _log(self, *args, **kwargs)
 
         wandb_run.Run.log = _failing_log
+
+if "kill_after_eval" in _FAULTS:  # {"run": "<part of the run folder>", "step": N}: SIGKILL right after that eval
+    import signal
+
+    from capsgan_dist.metrics import evaluate
+
+    _call, _where = evaluate.LoopEval.__call__, _FAULTS["kill_after_eval"]
+
+    def _eval_then_die(self, G, step, tracker):
+        _call(self, G, step, tracker)
+        if step == _where["step"] and _where["run"] in str(self.cfg.train.run_dir):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    evaluate.LoopEval.__call__ = _eval_then_die

@@ -1,0 +1,72 @@
+"""The generative adversarial metric (GAM) of Im et al. 2016, "Generating images with recurrent
+adversarial networks", sec. 4: two trained GANs M1 = (G1, D1) and M2 = (G2, D2) swap discriminators.
+
+    r_test    = err(D1; real test images) / err(D2; real test images)
+    r_samples = err(D1; G2's samples)     / err(D2; G1's samples)
+
+err is a D's classification error: the share of real images it calls fake (D(x) < 1/2, logit < 0)
+or of generated images it calls real (logit >= 0). M1 wins when r_samples < 1 (G1 fools D2 more
+often than G2 fools D1), M2 when r_samples > 1; the battle only counts when r_test is close to 1,
+i.e. both D's judge real images about equally well.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def error_rate(D: nn.Module, images: torch.Tensor, real: bool, batch: int = 500) -> float:
+    """Share of `images` that D misclassifies (real ones called fake, or generated ones called real)."""
+    wrong = 0
+    with torch.no_grad():
+        for i in range(0, len(images), batch):
+            logits = D(images[i: i + batch]).float().reshape(-1)
+            wrong += int((logits < 0).sum() if real else (logits >= 0).sum())
+    return wrong / len(images)
+
+
+def ratio(a: float, b: float) -> float:
+    """a / b with 0/0 = 1 (equal, error-free) and x/0 = inf."""
+    if a == b:
+        return 1.0
+    return math.inf if b == 0 else a / b
+
+
+def battle(G1: nn.Module, D1: nn.Module, G2: nn.Module, D2: nn.Module, test_images: torch.Tensor,
+           n: int, seed: int = 0, tolerance: float = 0.2, batch: int = 500) -> dict:
+    """One GAM battle of M1 = (G1, D1) against M2 = (G2, D2); every model in eval mode, one process.
+
+    `test_images`: real images in [-1, 1] that neither D should have been trained on; `n` samples
+    are drawn from each G with noise fixed by `seed`. The winner is "m1", "m2", "tie" (r_samples = 1)
+    or "invalid" when |r_test - 1| > `tolerance`.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    z1 = torch.randn(n, G1.latent_dim, generator=gen)
+    z2 = torch.randn(n, G2.latent_dim, generator=gen)
+    with torch.no_grad():
+        s1 = torch.cat([G1(z1[i: i + batch]) for i in range(0, n, batch)])
+        s2 = torch.cat([G2(z2[i: i + batch]) for i in range(0, n, batch)])
+    err = {
+        "test_d1": error_rate(D1, test_images, real=True, batch=batch),
+        "test_d2": error_rate(D2, test_images, real=True, batch=batch),
+        "d1_on_g2": error_rate(D1, s2, real=False, batch=batch),
+        "d2_on_g1": error_rate(D2, s1, real=False, batch=batch),
+    }
+    r_test = ratio(err["test_d1"], err["test_d2"])
+    r_samples = ratio(err["d1_on_g2"], err["d2_on_g1"])
+    if not abs(r_test - 1.0) <= tolerance:
+        winner = "invalid"
+    else:
+        winner = "m1" if r_samples < 1 else "m2" if r_samples > 1 else "tie"
+    return {"errors": err, "r_test": _finite_or_none(r_test), "r_samples": _finite_or_none(r_samples),
+            "winner": winner, "n_samples": n, "n_test": len(test_images)}
+
+
+def _finite_or_none(x: float) -> float | None:
+    return x if math.isfinite(x) else None  # JSON has no infinity; the error rates tell the story
+
+
+__all__ = ["battle", "error_rate", "ratio"]
