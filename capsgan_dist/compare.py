@@ -310,17 +310,19 @@ def plot_curves(agg: dict, group: str, metric: str, out: Path, title: str, x: st
 
 
 def sample_grids(cc: CompareConfig, out_dir: Path) -> list[Path]:
-    """One PNG per grid step: the models' fixed-noise sample grids side by side (first seed)."""
+    """One PNG per grid step: the fixed-noise grids of the models that reach it, side by side (first seed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     seed, written = cc.seeds[0], []
-    names = list(cc.models)
     for step in cc.grid_steps:
-        pngs = [_run_dir(cc, n, seed) / "samples" / f"step_{step:06d}.png" for n in names]
-        if not all(p.is_file() for p in pngs):
+        # Models may train for different lengths: a step only the longer runs reach shows those.
+        found = {n: _run_dir(cc, n, seed) / "samples" / f"step_{step:06d}.png" for n in cc.models}
+        names = [n for n, p in found.items() if p.is_file()]
+        pngs = [found[n] for n in names]
+        if not names:
             continue
         fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 4.3))
         for ax, name, png in zip(list(axes) if len(names) > 1 else [axes], names, pngs):
@@ -369,9 +371,10 @@ def report(cc: CompareConfig) -> dict:
 
 def compare(cc: CompareConfig, log=print) -> dict | None:
     """Train what is missing, then write the report; returns the aggregate (None if stopped early)."""
-    skipped = [s for s in cc.grid_steps if s > cc.steps or (s % cc.eval_every and s != cc.steps)]
+    longest = max(_variant_steps(cc, v) for v in variants(cc))
+    skipped = [s for s in cc.grid_steps if s > longest or (s % cc.eval_every and s != longest)]
     if skipped:
-        log(f"grid steps {skipped} are beyond {cc.steps} steps or off the {cc.eval_every}-step sample "
+        log(f"grid steps {skipped} are beyond {longest} steps or off the {cc.eval_every}-step sample "
             "interval: left out")
     if not run_all(cc, log):
         return None

@@ -25,7 +25,7 @@ def _config(tmp: Path, out: Path, classifier: Path) -> Path:
         "models": {"capsgan": ["model.discriminator=capsule"],
                    "dcgan": ["model.discriminator=conv", "train.steps=40"]},
         "seeds": [0], "steps": 20, "eval_every": 10, "eval_n": 64, "classifier": str(classifier),
-        "grid_steps": [10, 20], "points": {"capsgan": [10, 20], "dcgan": [20, 40]},
+        "grid_steps": [10, 20, 40], "points": {"capsgan": [10, 20], "dcgan": [20, 40]},
         "gam_models": ["capsgan", "dcgan"], "gam_n": 32, "out_dir": str(out),
     }
     path = tmp / f"{out.name}.yaml"
@@ -88,7 +88,7 @@ def test_compare_killed_mid_run_resumes_to_the_uninterrupted_result(tmp_path: Pa
     assert len(b["gam"]) == 4 and {g["winner"] for g in b["gam"]} <= {"m1", "m2", "tie", "invalid"}
     table = (broken / "table.md").read_text()
     assert "## Comparison points" in table and "## GAM battles" in table
-    for f in ("fid_cpu.png", "grid_points.png", "gam.json"):
+    for f in ("fid_cpu.png", "grid_points.png", "gam.json", "grid_step_0000040.png"):  # 40: dcgan alone
         assert (broken / f).stat().st_size > 100, f
     # GAM battles already fought are read back, not fought again.
     third = run_capsgan("compare", str(cfg), timeout=300)
