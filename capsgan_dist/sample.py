@@ -11,10 +11,9 @@ from capsgan_dist import checkpoint, plots
 from capsgan_dist.config import load_config, model_hash
 from capsgan_dist.errors import CheckpointError, UserError
 from capsgan_dist.models import build_generator
-from capsgan_dist.models.generators import Generator
 
 
-def load_generator(run_dir: Path) -> tuple[Generator, Path]:
+def load_generator(run_dir: Path) -> tuple[torch.nn.Module, Path]:
     """G with the weights of the run's newest valid checkpoint, and that checkpoint's path."""
     cfg_path = run_dir / "config.yaml"
     if not cfg_path.is_file():
