@@ -23,36 +23,40 @@ from capsgan_dist.models.generators import keras_init, upsampling_stack
 
 
 def parent_routing(u_hat: torch.Tensor, iterations: int, grad: str = "all") -> torch.Tensor:
-    """Route predictions u_hat (B, n_out, n_in, d) of n_in parents for n_out children to v (B, n_out, d).
+    """Route predictions u_hat (n_in, B, n_out, d) of n_in parents for n_out children to v (B, n_out, d).
 
     Sabour et al. Procedure 1 with the softmax over the parents i: logits b start at 0 for every
     sample, c_ij = softmax_i(b_ij), s_j = sum_i c_ij u_hat_j|i, v_j = squash(s_j) (eq. 1),
     b_ij += u_hat_j|i . v_j. grad="last" detaches u_hat in all but the last iteration.
-    Under autocast the predictions stay in the autocast dtype; logits, couplings and v in fp32.
+
+    Parent-major layout: the prediction matmul writes u_hat this way without a copy, and every
+    routing step is then an elementwise product and a sum over a short leading (n_in) or trailing
+    (d) axis of contiguous blocks. On a 2-core CPU at batch 32 (10 parents, 1,568 children of 8-D)
+    this measured about twice as fast, forward and backward, as the child-major layout with batched
+    (1 x n_in) @ (n_in x d) products. Memory: u_hat (n_in * n_out * d floats per image, 0.5 MB at
+    MNIST sizes) plus one u_hat-sized product at a time; autograd keeps only references to u_hat.
+    Logits, couplings and v are fp32 under bf16 autocast (u_hat stays bf16, products promote).
     """
     if iterations < 1:
         raise ValueError(f"routing iterations must be >= 1, got {iterations}")
     if grad not in ("all", "last"):
         raise ValueError(f"grad must be 'all' or 'last', got {grad!r}")
-    B, n_out, n_in, d = u_hat.shape
     acc = torch.promote_types(u_hat.dtype, torch.float32)
-    # (P, n_in, d) with P = B * n_out: every routing product is a batched (1 x n_in) @ (n_in x d)
-    # or (n_in x d) @ (d x 1) over contiguous blocks, with no permuted copy of u_hat.
-    flat = u_hat.reshape(B * n_out, n_in, d)
-    route = flat.detach() if grad == "last" else flat
-    b = None  # logits (P, n_in); None stands for all zeros (iteration 0)
+    route = u_hat.detach() if grad == "last" else u_hat
+    b = None  # logits (n_in, B, n_out); None stands for all zeros (iteration 0)
     for it in range(iterations):
-        u = flat if it == iterations - 1 else route
+        last = it == iterations - 1
+        u = u_hat if last else route
         if b is None:  # c = softmax(0) = 1/n_in: the plain mean over the parents
-            s = u.mean(1)
+            s = u.mean(0, dtype=acc)
         else:
-            c = torch.softmax(b, dim=1)  # (P, n_in): each child distributes over its parents
-            s = torch.bmm(c.unsqueeze(1).to(u.dtype), u).squeeze(1)  # (P, d)
-        v = squash(s.to(acc))
-        if it < iterations - 1:
-            a = torch.bmm(u, v.to(u.dtype).unsqueeze(2)).squeeze(2).to(acc)  # (P, n_in) agreement
+            c = torch.softmax(b, dim=0)  # each child distributes over its parents
+            s = (c.unsqueeze(-1) * u).sum(0)  # (B, n_out, d)
+        v = squash(s)
+        if not last:
+            a = (u * v).sum(-1)  # (n_in, B, n_out): agreement u_hat_j|i . v_j
             b = a if b is None else b + a  # Procedure 1, line 7
-    return v.view(B, n_out, d)
+    return v
 
 
 class CapsuleGenerator(nn.Module):
@@ -83,11 +87,11 @@ class CapsuleGenerator(nn.Module):
         nn.init.normal_(self.weight, std=(top_caps / primary_dim) ** 0.5)
 
     def predictions(self, u: torch.Tensor) -> torch.Tensor:
-        """u_hat_j|i = W_ij u_i (Sabour eq. 2) for u (B, n_in, d_in): (B, n_out, n_in, d_out), contiguous."""
+        """u_hat_j|i = W_ij u_i (Sabour eq. 2) for u (B, n_in, d_in): (n_in, B, n_out, d_out)."""
         B = u.shape[0]
         w = self.weight.view(self.top_caps, self.n_primary * self.primary_dim, self.top_dim)
-        u_hat = torch.bmm(u.transpose(0, 1), w.transpose(1, 2).to(u.dtype))  # (n_in, B, n_out*d_out)
-        return u_hat.view(self.top_caps, B, self.n_primary, self.primary_dim).permute(1, 2, 0, 3).contiguous()
+        u_hat = torch.bmm(u.transpose(0, 1), w.transpose(1, 2))  # (n_in, B, n_out*d_out), one matmul per parent
+        return u_hat.view(self.top_caps, B, self.n_primary, self.primary_dim)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         B = z.shape[0]

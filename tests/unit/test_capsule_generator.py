@@ -64,30 +64,30 @@ def routing_ref(u_hat, iterations: int):
 @pytest.mark.parametrize("iterations", [1, 2, 3, 4])
 def test_parent_routing_matches_a_float64_loop(iterations):
     g = torch.Generator().manual_seed(iterations)
-    u_hat = torch.randn(2, 5, 3, 4, generator=g, dtype=torch.float64)  # (B, n_out, n_in, d)
+    u_hat = torch.randn(3, 2, 5, 4, generator=g, dtype=torch.float64)  # (n_in, B, n_out, d)
     got = parent_routing(u_hat, iterations)
-    want = routing_ref(u_hat.tolist(), iterations)
+    want = routing_ref(u_hat.permute(1, 2, 0, 3).tolist(), iterations)  # [b][j][i]
     assert got.dtype == torch.float64
-    # The library's squash uses sqrt(|s|^2 + 1e-8) for a finite gradient at 0: ~1e-8 relative here.
-    torch.testing.assert_close(got, want, rtol=1e-7, atol=1e-9)
+    # The library's squash uses sqrt(|s|^2 + 1e-8) for a finite gradient at 0: up to ~1e-6 relative for short s.
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-8)
 
 
 def test_parent_routing_differs_from_the_output_softmax_and_from_no_routing():
     """The softmax runs over the parents: routing moves v, and Sabour's output softmax gives another v."""
     from capsgan_dist.models.capsules import dynamic_routing
 
-    u_hat = torch.randn(2, 5, 3, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    u_hat = torch.randn(3, 2, 5, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     one, three = parent_routing(u_hat, 1), parent_routing(u_hat, 3)
     assert rel(one, three) > 1e-2
     # dynamic_routing reads (B, n_in, n_out, d) and normalises over the outputs j.
-    sabour = dynamic_routing(u_hat.transpose(1, 2), 3)
+    sabour = dynamic_routing(u_hat.transpose(0, 1), 3)
     assert rel(sabour, three) > 1e-2
 
 
 @pytest.mark.parametrize("grad", ["all", "last"])
 def test_parent_routing_gradient(grad):
     """grad=all is the true derivative (gradcheck); grad=last only differs where it detaches."""
-    u_hat = torch.randn(2, 4, 3, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64,
+    u_hat = torch.randn(3, 2, 4, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64,
                         requires_grad=True)
     if grad == "all":
         assert torch.autograd.gradcheck(lambda u: parent_routing(u, 3, "all"), (u_hat,))
@@ -116,7 +116,7 @@ def test_generator_forward_matches_a_float64_reference():
         k, h, w = j // 4, (j // 2) % 2, j % 2
         fmap[:, k * 3:(k + 1) * 3, h, w] = v[:, j]
     with torch.no_grad():
-        torch.testing.assert_close(G(z), G.net(fmap), rtol=1e-7, atol=1e-9)  # squash's eps, as above
+        torch.testing.assert_close(G(z), G.net(fmap), rtol=1e-6, atol=1e-8)  # squash's eps, as above
 
 
 # ---------------------------------------------------------------------------------------------
