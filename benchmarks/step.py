@@ -12,10 +12,17 @@ processes hits them alike; peak memory in one subprocess per case):
   g        G step: G forward, frozen capsule D forward, backward into G, Adam on G
   gan      one CapsuleGAN iteration as train.py runs it: D on B/2 real + B/2 fake, then G on B
   dcgan    the same iteration with the DCGAN conv discriminator (the paper's baseline)
+Generator cases (not in the default list; name them with --cases):
+  gen_dcgan    the DCGAN generator alone: forward on B latents, backward of a fixed linear loss, Adam
+  gen_caps     the same for the capsule generator (model.generator=capsule)
+  capsg_capsd  the `gan` iteration with the capsule generator (capsule G + capsule D)
+  capsg_convd  the `dcgan` iteration with the capsule generator (capsule G + conv D)
+    python benchmarks/step.py --cases gen_dcgan gen_caps dcgan gan capsg_capsd capsg_convd --dtypes fp32
 Images per step: B for every case (an iteration counts its batch B once).
 FLOPs per image: from capsgan_dist.models.forward_flops on the einsum model (the same count for
 every implementation, so faster means more FLOP/s): D step 3 F_D, G step 3 F_G + 2 F_D (D only
-passes gradients back), iteration F_G/2 + 3 F_D + 3 F_G + 2 F_D. The ceiling is a large matmul
+passes gradients back), G alone 3 F_G, iteration F_G/2 + 3 F_D + 3 F_G + 2 F_D. The capsule G's
+routing is elementwise work the counter does not see: its FLOP/s are a lower bound. The ceiling is a large matmul
 in the same dtype, same process settings.
 Peak memory: the growth of resident memory (Linux VmHWM, reset through /proc/self/clear_refs after
 the warm-up steps) during the timed steps, per image, measured in a second subprocess run with
@@ -39,7 +46,10 @@ from datetime import datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-CASES = ("d", "d_ref", "d_einsum", "g", "gan", "dcgan")
+DEFAULT_CASES = ("d", "d_ref", "d_einsum", "g", "gan", "dcgan")
+CASES = (*DEFAULT_CASES, "gen_dcgan", "gen_caps", "capsg_capsd", "capsg_convd")
+CAPSULE_G_CASES = ("gen_caps", "capsg_capsd", "capsg_convd")
+CONV_D_CASES = ("dcgan", "capsg_convd")
 
 
 # ----------------------------------------------------------------------------- child: one case
@@ -77,9 +87,9 @@ def build_case(case: str, batch: int, device: str, dtype: str, compile_: bool, c
     z1 = torch.zeros(2, dim)
     cfg_e = load_config(config, ["perf.routing=einsum"])
     cfg_conv = load_config(config, ["model.discriminator=conv"])
-    G = build_generator(cfg)
+    G = build_generator(load_config(config, ["model.generator=capsule"]) if case in CAPSULE_G_CASES else cfg)
     f_g = flops_of(G, z1)
-    if case == "dcgan":
+    if case in CONV_D_CASES:
         D = build_discriminator(cfg_conv)
         f_d = flops_of(D, x1)
     else:
@@ -113,6 +123,21 @@ def build_case(case: str, batch: int, device: str, dtype: str, compile_: bool, c
             return loss
 
         return step, 3 * f_d * batch, batch, (opt_d,)
+
+    if case in ("gen_dcgan", "gen_caps"):  # G alone: the generator's own cost, no D
+        z = torch.randn(batch, dim, device=dev)
+        target = torch.randn(batch, c, s, s, device=dev)
+
+        def step():
+            with ac():
+                x = G(z)
+            loss = (x.float() * target).mean()
+            loss.backward()
+            opt_g.step()
+            opt_g.zero_grad(set_to_none=True)
+            return loss
+
+        return step, 3 * f_g * batch, batch, (opt_g,)
 
     if case == "g":
         z = torch.randn(batch, dim, device=dev)
@@ -312,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda if available)")
     p.add_argument("--config", default=str(REPO / "configs" / "mnist_capsgan.yaml"), help="model sizes")
-    p.add_argument("--cases", nargs="+", default=list(CASES), choices=CASES)
+    p.add_argument("--cases", nargs="+", default=list(DEFAULT_CASES), choices=CASES)
     p.add_argument("--batches", nargs="+", type=int, default=None, help="default: 32 on CPU, 32 256 1024 on CUDA")
     p.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     p.add_argument("--compile", default="off", choices=["off", "on", "both"], help="torch.compile the models")

@@ -22,6 +22,9 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationE
 from capsgan_dist.errors import ConfigError
 
 DATASETS = ("synthetic", "mnist", "fashion_mnist", "cifar10", "idx")
+GENERATORS = ("dcgan", "capsule")
+# Keys that shape only the capsule generator: left out of model_hash for dcgan (see there).
+CAPSULE_G_KEYS = ("generator", "g_top_caps", "g_top_dim", "g_primary_channels", "g_primary_dim", "g_routing_iters")
 
 
 def _choice(section: str, name: str, value: Any, allowed: tuple) -> None:
@@ -102,9 +105,27 @@ class ModelConfig:
     """Width of the dense layer between the flattened capsules and the logit."""
     d_widths: list[int] = field(default_factory=lambda: [64, 128, 256, 512])
     """Conv widths of the DCGAN baseline discriminator (a 5th conv gives the logit)."""
+    generator: str = "dcgan"
+    """dcgan (the paper's conv generator) | capsule (z -> routed capsules -> the same conv stack)."""
+    g_top_caps: int = 10
+    """Capsule G: top capsules made from z; >= 2 or routing is a no-op (10: as D's routed capsules)."""
+    g_top_dim: int = 16
+    """Capsule G: dimension of each top capsule (16: Sabour et al.'s DigitCaps)."""
+    g_primary_channels: int = 32
+    """Capsule G: channels of the routed primary-capsule grid, image_size/4 square (32: Sabour's PrimaryCaps)."""
+    g_primary_dim: int = 8
+    """Capsule G: dimension of each primary capsule (8: Sabour's PrimaryCaps; the convs see 32 x 8 channels)."""
+    g_routing_iters: int = 3
+    """Capsule G: routing iterations from the top capsules to the grid (3: Sabour et al.)."""
 
     def __post_init__(self) -> None:
         _choice("model", "discriminator", self.discriminator, ("capsule", "conv"))
+        _choice("model", "generator", self.generator, GENERATORS)
+        if self.g_top_caps < 2:
+            raise ConfigError(
+                f"model.g_top_caps={self.g_top_caps}: with fewer than 2 top capsules the capsule generator's "
+                "softmax over parents is always 1 and routing would be a no-op; use model.g_top_caps>=2 (default 10)"
+            )
         _choice("model", "routing_grad", self.routing_grad, ("all", "last"))
         _positive("model", "routing_iters", self.routing_iters, 1, strict=False)
         if self.n_caps < 2:
@@ -113,7 +134,8 @@ class ModelConfig:
                 "capsules is always 1 and routing would be a no-op; use model.n_caps>=2 (paper: 10)"
             )
         for name in ("latent_dim", "conv1_channels", "conv1_kernel", "primary_kernel",
-                     "primary_channels", "primary_dim", "caps_dim", "dense"):
+                     "primary_channels", "primary_dim", "caps_dim", "dense", "g_top_dim",
+                     "g_primary_channels", "g_primary_dim", "g_routing_iters"):
             _positive("model", name, getattr(self, name), 1, strict=False)
         if len(self.g_widths) < 3 or min(self.g_widths) < 1:
             raise ConfigError("model.g_widths must list at least 3 positive widths (paper: 128, 64, 32, 3)")
@@ -400,7 +422,11 @@ def to_yaml(cfg: Config) -> str:
 
 def model_hash(cfg: Config) -> str:
     """Hash of everything that decides parameter shapes; checkpoints must match it."""
-    shape_keys = {"model": to_dict(cfg)["model"], "image_size": cfg.data.image_size,
+    model = to_dict(cfg)["model"]
+    if cfg.model.generator == "dcgan":  # so checkpoints written before these keys existed still match
+        for key in CAPSULE_G_KEYS:
+            del model[key]
+    shape_keys = {"model": model, "image_size": cfg.data.image_size,
                   "channels": cfg.data.channels}
     return hashlib.sha256(json.dumps(shape_keys, sort_keys=True).encode()).hexdigest()[:16]
 

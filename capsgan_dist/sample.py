@@ -12,7 +12,6 @@ from capsgan_dist import checkpoint, plots
 from capsgan_dist.config import Config, load_config, model_hash
 from capsgan_dist.errors import CheckpointError, UserError
 from capsgan_dist.models import build_discriminator, build_generator
-from capsgan_dist.models.generators import Generator
 
 
 def _checkpoint(run_dir: Path, step: int | None) -> tuple[Config, Path]:
@@ -43,7 +42,7 @@ def _weights(path: Path, part: str) -> dict:
     return load_file(str(weights))
 
 
-def load_generator(run_dir: Path, step: int | None = None) -> tuple[Generator, Path]:
+def load_generator(run_dir: Path, step: int | None = None) -> tuple[nn.Module, Path]:
     """G with the weights of the run's checkpoint at `step` (default: newest valid), and its path."""
     cfg, path = _checkpoint(run_dir, step)
     G = build_generator(cfg)

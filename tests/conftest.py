@@ -12,6 +12,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 DEBUG_CONFIG = REPO / "configs" / "debug.yaml"
+# configs/debug.yaml with a capsule generator of debug size (4 top capsules of 8-D, a 4 x 7 x 7 grid of 4-D).
+CAPSULE_G_DEBUG = ["model.generator=capsule", "model.g_top_caps=4", "model.g_top_dim=8",
+                   "model.g_primary_channels=4", "model.g_primary_dim=4", "model.g_routing_iters=2"]
 SHARED = REPO.parent / "shared"
 MNIST_DIR = SHARED / "data" / "mnist"
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")

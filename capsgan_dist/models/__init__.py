@@ -6,15 +6,19 @@ import torch
 from torch import nn
 
 from capsgan_dist.config import Config
+from capsgan_dist.models.capsule_generator import CapsuleGenerator
 from capsgan_dist.models.discriminators import CapsuleDiscriminator, ConvDiscriminator
 from capsgan_dist.models.generators import Generator
 
 
-def build_generator(cfg: Config) -> Generator:
-    """The DCGAN-style generator for cfg's image size and channels."""
-    m = cfg.model
-    return Generator(m.latent_dim, cfg.data.image_size, cfg.data.channels, tuple(m.g_widths),
-                     m.g_batchnorm)
+def build_generator(cfg: Config) -> nn.Module:
+    """The DCGAN-style generator, or the capsule generator when model.generator=capsule."""
+    m, d = cfg.model, cfg.data
+    if m.generator == "capsule":
+        return CapsuleGenerator(m.latent_dim, d.image_size, d.channels, m.g_top_caps, m.g_top_dim,
+                                m.g_primary_channels, m.g_primary_dim, m.g_routing_iters, m.routing_grad,
+                                tuple(m.g_widths), m.g_batchnorm)
+    return Generator(m.latent_dim, d.image_size, d.channels, tuple(m.g_widths), m.g_batchnorm)
 
 
 def build_discriminator(cfg: Config) -> nn.Module:
@@ -50,5 +54,5 @@ def model_summary(cfg: Config) -> dict[str, int]:
             "flops_g": forward_flops(G, z), "flops_d": forward_flops(D, x)}
 
 
-__all__ = ["CapsuleDiscriminator", "ConvDiscriminator", "Generator", "build_generator",
+__all__ = ["CapsuleDiscriminator", "CapsuleGenerator", "ConvDiscriminator", "Generator", "build_generator",
            "build_discriminator", "count_params", "forward_flops", "model_summary"]

@@ -6,6 +6,41 @@ import torch
 from torch import nn
 
 
+def upsampling_stack(c_in: int, widths: tuple[int, ...], channels: int, batchnorm: bool) -> nn.Sequential:
+    """Conv to widths[0], two x2 transposed convs, the remaining convs, conv to `channels`, tanh.
+
+    (B, c_in, S/4, S/4) -> (B, channels, S, S). All kernels 3x3, LeakyReLU(0.2) after each but the
+    last (the paper's section 3.3); shared by the DCGAN and the capsule generator.
+    """
+    def block(conv: nn.Module, width: int) -> list[nn.Module]:
+        return [conv] + ([nn.BatchNorm2d(width)] if batchnorm else []) + [nn.LeakyReLU(0.2)]
+
+    layers: list[nn.Module] = block(nn.Conv2d(c_in, widths[0], 3, padding=1), widths[0])
+    c = widths[0]
+    for i, w in enumerate(widths[1:]):
+        if i < 2:  # the first two go up x2 each: S/4 -> S/2 -> S
+            conv = nn.ConvTranspose2d(c, w, 3, stride=2, padding=1, output_padding=1)
+        else:
+            conv = nn.Conv2d(c, w, 3, padding=1)
+        layers += block(conv, w)
+        c = w
+    layers += [nn.Conv2d(c, channels, 3, padding=1), nn.Tanh()]
+    return nn.Sequential(*layers)
+
+
+def keras_init(model: nn.Module) -> None:
+    """Glorot-uniform weights and zero biases for every Linear and (transposed) conv, as Keras does.
+
+    PyTorch's default (kaiming_uniform(a=sqrt(5)) and random biases) shrinks the signal ~6x per
+    layer in this BatchNorm-free stack, so the biases dominate: every z gives nearly the same image
+    (across-sample std 0.002 vs 0.009) and on MNIST G collapsed to one checkerboard.
+    """
+    for m in model.modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.xavier_uniform_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
 class Generator(nn.Module):
     """Dense to (w0, S/4, S/4), conv w0, two x2 transposed convs, remaining convs, conv to C, tanh.
 
@@ -19,29 +54,8 @@ class Generator(nn.Module):
             raise ValueError(f"need image_size divisible by 4 and >= 3 widths, got {image_size}, {widths}")
         self.latent_dim, self.s0, self.w0 = latent_dim, image_size // 4, widths[0]
         self.fc = nn.Linear(latent_dim, widths[0] * self.s0 * self.s0)
-
-        def block(conv: nn.Module, width: int) -> list[nn.Module]:
-            return [conv] + ([nn.BatchNorm2d(width)] if batchnorm else []) + [nn.LeakyReLU(0.2)]
-
-        layers: list[nn.Module] = block(nn.Conv2d(widths[0], widths[0], 3, padding=1), widths[0])
-        c_in = widths[0]
-        for i, w in enumerate(widths[1:]):
-            if i < 2:  # the first two go up x2 each: S/4 -> S/2 -> S
-                conv = nn.ConvTranspose2d(c_in, w, 3, stride=2, padding=1, output_padding=1)
-            else:
-                conv = nn.Conv2d(c_in, w, 3, padding=1)
-            layers += block(conv, w)
-            c_in = w
-        layers += [nn.Conv2d(c_in, channels, 3, padding=1), nn.Tanh()]
-        self.net = nn.Sequential(*layers)
-        # Keras defaults, as in the paper's code: Glorot-uniform weights, zero biases. PyTorch's
-        # default (kaiming_uniform(a=sqrt(5)) and random biases) shrinks the signal ~6x per layer in
-        # this BatchNorm-free stack, so the biases dominate: every z gives nearly the same image
-        # (across-sample std 0.002 vs 0.009) and on MNIST G collapsed to one checkerboard.
-        for m in self.modules():
-            if isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
-                nn.init.xavier_uniform_(m.weight)
-                nn.init.zeros_(m.bias)
+        self.net = upsampling_stack(widths[0], widths, channels, batchnorm)
+        keras_init(self)  # as in the paper's (Keras) code
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         h = self.fc(z).view(-1, self.w0, self.s0, self.s0)

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import DEBUG_CONFIG, REPO, cli_env, run_capsgan, wait_for
+from conftest import CAPSULE_G_DEBUG, DEBUG_CONFIG, REPO, cli_env, run_capsgan, wait_for
+from safetensors.torch import load_file
 
 ray = pytest.importorskip("ray", reason="ray[tune] is an optional dependency (pip install -e .[tune])")
 pytestmark = pytest.mark.slow
@@ -121,6 +122,19 @@ def test_crashing_trial_is_retried_then_reported_failed(tmp_path, ray_address):
     assert "1 done, 1 failed" in proc.stdout
     best = yaml.safe_load((tmp_path / "sweeps" / "crash" / "best_config.yaml").read_text())
     assert best["train"]["batch_real"] == 8
+
+
+def test_sweep_chooses_between_the_dcgan_and_the_capsule_generator(tmp_path, ray_address):
+    # The searched key picks the generator; the capsule G's debug sizes ride along in the overrides.
+    sweep = write_sweep(tmp_path, "gen", overrides=[*BASE, *CAPSULE_G_DEBUG[1:]],
+                        space={**NO_DEFAULT_SPACE, "model.generator": {"grid": ["dcgan", "capsule"]}})
+    run_capsgan("sweep", str(sweep), "--address", ray_address, timeout=240)
+    rows = {r["model.generator"]: r for r in table(tmp_path / "sweeps" / "gen")}
+    assert set(rows) == {"dcgan", "capsule"} and {r["status"] for r in rows.values()} == {"done"}
+    for name, r in rows.items():
+        assert trial_config(r)["model"]["generator"] == name
+        weights = load_file(Path(r["run_dir"]) / "checkpoints" / "step_0000020" / "G" / "model.safetensors")
+        assert ("weight" in weights) == (name == "capsule")  # the routing weight W_ij: that G was built
 
 
 def test_trials_are_ranked_by_classifier_fid_when_they_evaluate(tmp_path, ray_address, mnist_classifier):

@@ -67,6 +67,16 @@ def test_space_values_are_checked_against_the_training_config(tmp_path):
         resolve_base(pbt)
 
 
+def test_generator_choice_is_a_sweep_key_checked_before_ray(tmp_path):
+    s = load_sweep_config(sweep_file(tmp_path), ["space.model.generator.choice=[dcgan,capsule]"])
+    assert s.searched["model.generator"] == {"choice": ["dcgan", "capsule"]}
+    base = resolve_base(s)
+    assert trial_config(base, {"model.generator": "capsule"}).model.generator == "capsule"
+    typo = load_sweep_config(sweep_file(tmp_path), ["space.model.generator.choice=[dcgan,capsnet]"])
+    with pytest.raises(ConfigError, match="space.model.generator: value 'capsnet'.*choose one of dcgan, capsule"):
+        resolve_base(typo)
+
+
 def test_base_gets_sweep_group_and_absolute_data_root(tmp_path):
     s = load_sweep_config(sweep_file(tmp_path, name="grp", overrides=["data.name=idx", "data.root=some/dir"]))
     base = resolve_base(s)
