@@ -98,7 +98,7 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from capsgan_dist.tune import sweep_command
+    from capsgan_dist.sweep.run import sweep_command
 
     return sweep_command(args.config, args.overrides, args.address, args.resume)
 

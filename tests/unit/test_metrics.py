@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torchvision.transforms.functional as TF
 
-from capsgan_dist.config import EvalConfig, load_config
+from capsgan_dist.config import METRIC_NAMES, EvalConfig, load_config
 from capsgan_dist.data import read_idx_images
 from capsgan_dist.errors import CheckpointError, ConfigError
-from capsgan_dist.metrics import METRICS, Features, MetricSuite
+from capsgan_dist.metrics import METRICS, Features, MetricSuite, register
 from capsgan_dist.metrics.classifier import accuracy, labelled_split, load_classifier, save_classifier
 from capsgan_dist.models.classifiers import CapsNet, LeNet
 
@@ -32,7 +35,21 @@ def _score(name: str, real: Features, fake: Features, settings: EvalConfig = SET
 
 
 def test_metrics_are_registered_by_name():
-    assert {"fid", "kid", "is", "pr"} <= set(METRICS)
+    assert set(METRICS) == set(METRIC_NAMES) == {"fid", "kid", "is", "pr"}
+
+
+def test_a_metric_name_outside_the_config_list_is_refused():
+    with pytest.raises(ValueError, match="METRIC_NAMES"):
+        register("nope")
+
+
+def test_validating_eval_metrics_imports_no_metric_code():
+    """config -> metrics was an import cycle: the config now checks names against its own list."""
+    code = ("import sys; from capsgan_dist.config import load_config; load_config(None, ['eval.metrics=[fid,pr]']); "
+            "print(sorted(m for m in sys.modules if m.startswith('capsgan_dist')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}).stdout
+    assert "capsgan_dist.metrics" not in out and "capsgan_dist.config" in out
 
 
 def test_fid_matches_the_closed_form_for_gaussians():

@@ -11,9 +11,9 @@ from conftest import DEBUG_CONFIG, REPO, run_capsgan
 
 from capsgan_dist.config import load_config, to_dict
 from capsgan_dist.errors import ConfigError
-from capsgan_dist.sweep_config import FID_METRIC, PROXY_METRIC, load_sweep_config, resolve_metric
-from capsgan_dist.tune import resolve_base, split_overrides
-from capsgan_dist.tune_trial import ATTEMPTS, ORIGIN, RESTORED, Reporter, prepare_run_dir, proxy_d_gap, trial_config
+from capsgan_dist.sweep.config import FID_METRIC, PROXY_METRIC, load_sweep_config, resolve_metric
+from capsgan_dist.sweep.run import resolve_base, split_overrides
+from capsgan_dist.sweep.trial import ATTEMPTS, ORIGIN, RESTORED, Reporter, prepare_run_dir, proxy_d_gap, trial_config
 
 SWEEP_DEBUG = REPO / "configs" / "sweep_debug.yaml"
 

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from capsgan_dist.config import replace, to_yaml
-from capsgan_dist.sweep_config import SweepConfig
-from capsgan_dist.tune_trial import ATTEMPTS, RESTORED, SUMMARY, plain, run_folder, trial_config
+from capsgan_dist.sweep.config import SweepConfig
+from capsgan_dist.sweep.trial import ATTEMPTS, RESTORED, SUMMARY, plain, run_folder, trial_config
 
 SHOWN_METRICS = ("loss_d", "loss_g", "acc_d", "d_real", "d_fake")
 UNFINISHED = ("PENDING", "RUNNING", "PAUSED")
