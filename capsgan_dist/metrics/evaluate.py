@@ -10,7 +10,6 @@ import dataclasses
 import json
 import math
 import time
-import warnings
 from pathlib import Path
 
 import torch
@@ -21,7 +20,7 @@ from capsgan_dist import checkpoint
 from capsgan_dist.config import Config, EvalConfig, load_config, model_hash
 from capsgan_dist.data import load_images
 from capsgan_dist.dist import noise
-from capsgan_dist.errors import CheckpointError, DataError, UserError
+from capsgan_dist.errors import CheckpointError, DataError, UserError, warn
 from capsgan_dist.metrics import MetricSuite
 from capsgan_dist.metrics.classifier import load_classifier
 from capsgan_dist.models import build_generator
@@ -88,7 +87,7 @@ def evaluate_run(run_dir: Path, n: int | None = None, classifier: str | None = N
         try:
             manifest = checkpoint.verify(path)
         except CheckpointError as e:
-            warnings.warn(f"skipping {e}", stacklevel=2)
+            warn(f"skipping {e}")
             continue
         if manifest["model_hash"] != model_hash(cfg):
             raise CheckpointError(f"{path} does not match {run_dir / 'config.yaml'} (different model config)")
