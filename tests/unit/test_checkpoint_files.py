@@ -51,7 +51,8 @@ def test_a_skipped_checkpoint_warning_is_one_capsgan_line(tmp_path):
     for s in (2, 4):
         _fake(tmp_path, s)
     (tmp_path / "step_0000004" / "manifest.json").write_text("{")
-    code = f"from capsgan_dist import checkpoint; checkpoint.latest_valid(__import__('pathlib').Path({str(tmp_path)!r}))"
+    code = ("import pathlib; from capsgan_dist import checkpoint; "
+            f"checkpoint.latest_valid(pathlib.Path({str(tmp_path)!r}))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                           env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
     lines = proc.stderr.splitlines()
