@@ -1,8 +1,8 @@
-"""The GPU half of issue 8, in one run: numerics, CUDA graphs, the two GPU targets, the step grid.
+"""The GPU checks in one run: numerics, CUDA graphs, the two GPU targets, the step grid.
 
-NOT RUN YET: written on a machine without a GPU. Run it through benchmarks/gpu_check.sh (one
-device call, ~8 minutes); it writes everything to $OUT (default ./gpu_out): gpu_check.md (a report
-to paste into docs/benchmarks.md), gpu_check.json, step_grid.md.
+NOT RUN YET: no GPU was available. Run it through benchmarks/gpu_check.sh (~8 minutes); it
+writes everything to $OUT (default ./gpu_out): gpu_check.md (a report to paste into
+docs/benchmarks.md), gpu_check.json, step_grid.md.
 
 Sections, most important first, each under its own time budget so a slow one cannot starve the rest:
   1. environment (GPU, torch, which optional packages exist: DeepSpeed is expected to be absent)
@@ -34,7 +34,7 @@ OUT = Path(os.environ.get("OUT") or REPO / "gpu_out")
 OUT.mkdir(parents=True, exist_ok=True)
 REPORT, RESULTS = OUT / "gpu_check.md", {}
 # --smoke: the same code on CPU with tiny sizes and no graph capture, to catch mistakes before a
-# GPU session spends its device time on them. Its numbers mean nothing.
+# GPU run spends its time on them. Its numbers mean nothing.
 SMOKE = "--smoke" in sys.argv
 DEV = "cpu" if SMOKE else "cuda"
 CONFIG = REPO / "configs" / ("debug.yaml" if SMOKE else "mnist_capsgan.yaml")

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Issue 8's GPU half in ONE device call: numerics, CUDA graphs, the two GPU targets, the step grid.
-# NOT RUN YET: no GPU was lent to the session that wrote it (see docs/benchmarks.md).
+# The GPU checks in one run: numerics, CUDA graphs, the two GPU targets, the step grid.
+# NOT RUN YET: no GPU was available (see docs/benchmarks.md).
 #
-# 1. Here, once (needs the package index): bash benchmarks/gpu_check.sh --prepare
-#    -> .gpu_wheels/ with omegaconf (pure Python, needs only PyYAML; the GPU image has torch,
-#    accelerate and PyYAML, not omegaconf).
-# 2. One device call, e.g. run(command="bash benchmarks/gpu_check.sh", carry=[".gpu_wheels"], timeout_s=600).
+# 1. Once, on a machine that reaches the package index: bash benchmarks/gpu_check.sh --prepare
+#    -> .gpu_wheels/ with omegaconf (pure Python, needs only PyYAML), for GPU images that have
+#    torch, accelerate and PyYAML but not omegaconf; copy it along with the repository.
+# 2. On the GPU machine, from the repository root: bash benchmarks/gpu_check.sh
 #    About 8 minutes; the python part stops itself at GPU_CHECK_BUDGET_S (default 500 s).
 # 3. Results in $OUT: gpu_check.md (the report: paste it into docs/benchmarks.md with the card's
 #    name), gpu_check.json, d1024.md, d1024_compile.md, step_grid.md, gpu_check.log, nvidia-smi.txt.

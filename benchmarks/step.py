@@ -73,6 +73,7 @@ def build_case(case: str, batch: int, device: str, dtype: str, compile_: bool, c
     from capsgan_dist.config import load_config
     from capsgan_dist.models import build_discriminator, build_generator, forward_flops
 
+    config = REPO / config if config else None  # recorded relative to the repository root
     cfg = load_config(config, [])
     dev = torch.device(device)
     torch.manual_seed(0)
@@ -336,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda if available)")
-    p.add_argument("--config", default=str(REPO / "configs" / "mnist_capsgan.yaml"), help="model sizes")
+    p.add_argument("--config", default="configs/mnist_capsgan.yaml", help="model sizes (relative: to the cwd)")
     p.add_argument("--cases", nargs="+", default=list(DEFAULT_CASES), choices=CASES)
     p.add_argument("--batches", nargs="+", type=int, default=None, help="default: 32 on CPU, 32 256 1024 on CUDA")
     p.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
@@ -358,6 +359,9 @@ def main(argv: list[str] | None = None) -> int:
         spec = json.loads(args.child)
         print(json.dumps(run_ceiling(spec) if spec.get("ceiling") else run_child(spec)))
         return 0
+    # Children run in the repository root; results record the config relative to it (no machine paths).
+    config = Path(args.config).resolve()
+    args.config = os.path.relpath(config, REPO) if config.is_relative_to(REPO) else str(config)
 
     import torch
 

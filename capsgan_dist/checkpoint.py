@@ -15,11 +15,10 @@ import json
 import os
 import pickle
 import shutil
-import warnings
 from pathlib import Path
 
 from capsgan_dist.dist import Dist
-from capsgan_dist.errors import CheckpointError
+from capsgan_dist.errors import CheckpointError, warn
 
 MANIFEST = "manifest.json"
 TMP_PREFIX = ".tmp-"
@@ -211,7 +210,7 @@ def latest_valid(root: Path) -> tuple[Path, dict] | None:
             problems.append(str(e))
             continue
         for p in problems:
-            warnings.warn(f"skipping {p}; using {path.name}", stacklevel=2)
+            warn(f"skipping {p}; using {path.name}")
         return path, manifest
     if found:
         raise CheckpointError(

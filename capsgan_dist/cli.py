@@ -23,6 +23,9 @@ def _train(args: argparse.Namespace) -> int:
         path = None
     if args.resume:
         run = Path(args.resume)
+        if not run.is_dir():
+            raise UserError(f"--resume {run}: {'that is a file, not' if run.exists() else 'no such'} folder; "
+                            "pass the folder of an earlier run (e.g. runs/debug-20260101-120000)")
         if not (run / "config.yaml").is_file():
             raise UserError(f"--resume {run}: no config.yaml there; pass the folder of an earlier run")
         if path is not None:
@@ -50,7 +53,7 @@ def _train(args: argparse.Namespace) -> int:
 def _sample(args: argparse.Namespace) -> int:
     from capsgan_dist.sample import sample_from_run
 
-    out = sample_from_run(Path(args.run), args.n, Path(args.out), args.seed)
+    out = sample_from_run(Path(args.run), args.n, Path(args.out) if args.out else None, args.seed)
     print(f"wrote {out}")
     return 0
 
@@ -98,7 +101,7 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from capsgan_dist.tune import sweep_command
+    from capsgan_dist.sweep.run import sweep_command
 
     return sweep_command(args.config, args.overrides, args.address, args.resume)
 
@@ -118,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sample", help="sample a grid from a run's newest checkpoint")
     s.add_argument("--run", required=True, help="run folder")
     s.add_argument("--n", type=int, default=64, help="number of images")
-    s.add_argument("--out", default="grid.png", help="output PNG")
+    s.add_argument("--out", help="output PNG (default: RUN_DIR/samples/sample_<checkpoint>_seed<seed>.png)")
     s.add_argument("--seed", type=int, default=0, help="noise seed")
     s.set_defaults(fn=_sample)
 

@@ -50,7 +50,7 @@ class CompareConfig:
     """Steps between evaluations (eval.every); also the sample-grid interval."""
     eval_n: int = 10000
     """Generated images per evaluation (eval.n)."""
-    classifier: str = "classifiers/mnist-lenet.safetensors"
+    classifier: str = "runs/classifiers/mnist-lenet.safetensors"
     """Classifier file for the metrics (from `capsgan classifier train`)."""
     grid_steps: list[int] = field(default_factory=lambda: [1000, 10000, 30000])
     """Steps of the side-by-side sample grids (paper Fig. 10); steps beyond `steps` are left out."""

@@ -20,11 +20,15 @@ from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from capsgan_dist.errors import ConfigError
+from capsgan_dist.shapes import min_capsule_image, primary_grid
 
 DATASETS = ("synthetic", "mnist", "fashion_mnist", "cifar10", "idx")
 GENERATORS = ("dcgan", "capsule")
 # Keys that shape only the capsule generator: left out of model_hash for dcgan (see there).
 CAPSULE_G_KEYS = ("generator", "g_top_caps", "g_top_dim", "g_primary_channels", "g_primary_dim", "g_routing_iters")
+# Names the metric registry (capsgan_dist.metrics) may register; listed here so that validating a
+# config imports no metric code (the metrics import this module, not the other way round).
+METRIC_NAMES = ("fid", "kid", "is", "pr")
 
 
 def _choice(section: str, name: str, value: Any, allowed: tuple) -> None:
@@ -218,12 +222,15 @@ class TrainConfig:
     max_nonfinite: int = 10
     """Stop after this many non-finite steps in a row (each one is skipped)."""
     progress: bool = True
-    """Progress bar on the main process."""
+    """Progress on the main process's stderr: a bar on a terminal, else a line every progress_every_s."""
+    progress_every_s: float = 30.0
+    """Seconds between progress lines when stderr is not a terminal (a log file, a batch job)."""
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_real", "batch_fake", "log_every", "sample_every",
                      "checkpoint_every", "keep_checkpoints", "n_samples", "max_nonfinite"):
             _positive("train", name, getattr(self, name), 1, strict=False)
+        _positive("train", "progress_every_s", self.progress_every_s, 0, strict=False)
         _choice("train", "schedule", self.schedule, ("alternate", "both"))
         if any(s < 1 for s in self.keep_steps):
             raise ConfigError(f"train.keep_steps must hold steps >= 1, got {self.keep_steps}")
@@ -283,10 +290,8 @@ class EvalConfig:
         if self.n <= max(1, self.pr_k):
             raise ConfigError(f"eval.n={self.n} is too small: FID needs 2 images and precision/recall more "
                               f"than eval.pr_k={self.pr_k}; use eval.n>={max(2, self.pr_k + 1)}")
-        from capsgan_dist.metrics import METRICS  # registry; imports no heavy libraries
-
         for m in self.metrics:
-            _choice("eval", "metrics", m, tuple(METRICS))
+            _choice("eval", "metrics", m, METRIC_NAMES)
         if self.every and not self.classifier:
             raise ConfigError("eval.every>0 needs eval.classifier=<file from `capsgan classifier train`>")
 
@@ -323,6 +328,24 @@ class Config:
 
     def __post_init__(self) -> None:
         _choice("", "resume", self.resume, ("none", "auto"))
+        _check_model_shapes(self.data, self.model)
+
+
+def _check_model_shapes(data: DataConfig, model: ModelConfig) -> None:
+    """Sizes the layers cannot take, before any work (the generator's are checked in DataConfig).
+
+    The conv baseline D pads its strided convs and ends in a conv over whatever map is left, so
+    it takes any size; the capsule D needs at least one primary capsule after its two convs.
+    """
+    if model.discriminator != "capsule":
+        return
+    size, k1, kp = data.image_size, model.conv1_kernel, model.primary_kernel
+    if primary_grid(size, k1, kp) < 1:
+        smallest = -(-min_capsule_image(k1, kp) // 4) * 4  # the generator also needs a multiple of 4
+        raise ConfigError(
+            f"data.image_size={size} is too small for the capsule discriminator's model.conv1_kernel={k1} and "
+            f"model.primary_kernel={kp} (no primary capsules left); use data.image_size>={smallest}, "
+            f"or kernels with model.conv1_kernel + model.primary_kernel <= {size + 1}")
 
 
 def _known_keys(cls: type, prefix: str = "") -> list[str]:

@@ -5,8 +5,8 @@ script that checks and times it on a GPU. What runs here on CPU is tested: the c
 the warm-up state restore, and the step bodies run eagerly (`capture=False`).
 
 At the paper's batch of 32 an iteration is a few hundred small kernels, so the CPU's launch cost,
-not the GPU, sets the pace (ENV-NOTES: a plain einsum CapsuleGAN iteration took 10.5 ms eager and
-3.0-3.4 ms captured on an H200). Each step is captured once and replayed:
+not the GPU, sets the pace (measured on an H200 with a plain einsum CapsuleGAN: an iteration took
+10.5 ms eager and 3.0-3.4 ms captured). Each step is captured once and replayed:
 
 - static input buffers (the real batch and two noise batches) that each step copies into;
 - Adam switched to `capturable=True` (its step counter lives on the GPU);

@@ -7,6 +7,7 @@ fashion_mnist, cifar10 through torchvision (which downloads only when the machin
 from __future__ import annotations
 
 import gzip
+import hashlib
 import math
 import struct
 import zlib
@@ -145,6 +146,18 @@ def load_images(cfg: DataConfig, seed: int = 1234) -> torch.Tensor:
             f"{cfg.name} images are {c}x{h}x{w} (CxHxW) but the model is configured for "
             f"{cfg.channels}x{cfg.image_size}x{cfg.image_size}; set data.channels={c} data.image_size={h}")
     return images
+
+
+def fingerprint(images: torch.Tensor) -> str:
+    """Identity of an image set: SHA-256 of its shape and uint8 pixels (first 16 hex digits)."""
+    h = hashlib.sha256(str(tuple(images.shape)).encode())
+    h.update(images.contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def describe(cfg: DataConfig) -> str:
+    """The data keys that say which images a run trained on, e.g. 'data.name=idx data.root=...'."""
+    return f"data.name={cfg.name}" + (f" data.root={cfg.root}" if cfg.root and cfg.name != "synthetic" else "")
 
 
 def build_dataset(cfg: DataConfig, seed: int = 1234) -> TensorImages:

@@ -3,7 +3,7 @@
 Chosen by the launcher (`accelerate launch --use_deepspeed ...` or a launch YAML with
 `distributed_type: DEEPSPEED`), which sets ACCELERATE_USE_DEEPSPEED=true and the ZeRO stage
 (ACCELERATE_DEEPSPEED_ZERO_STAGE, or a JSON in ACCELERATE_DEEPSPEED_CONFIG_FILE). The layout is
-the one measured to be correct in ENV-NOTES.md:
+the one measured to be correct against a single-process reference (docs/distributed.md):
 
 - one DeepSpeedPlugin per model, passed as a dict {"G": ..., "D": ...} to the first Accelerator;
 - a second Accelerator without plugins, sharing the first one's process state;
@@ -16,7 +16,7 @@ the one measured to be correct in ENV-NOTES.md:
 The training loop needs no DeepSpeed branches: `accelerator.backward` runs the engine's backward
 *and* step, the wrapped optimizer's step()/zero_grad() are no-ops and `clip_grad_norm_` returns
 the norm DeepSpeed computed. The loop must freeze D during the G step (it does): otherwise ZeRO-2
-fails on D's next backward and ZeRO-1 trains silently wrong (ENV-NOTES.md).
+fails on D's next backward and ZeRO-1 trains silently wrong (docs/distributed.md).
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def deepspeed_accelerators(cfg: Config) -> tuple[Accelerator, Accelerator]:
     t = cfg.train
     kwargs: dict[str, Any] = {"mixed_precision": t.mixed_precision}
     if not torch.cuda.is_available():
-        # DeepSpeed ignores Accelerator(cpu=True); on CPUs the group must be gloo (ENV-NOTES.md).
+        # DeepSpeed ignores Accelerator(cpu=True); on CPUs the group must be gloo.
         kwargs["kwargs_handlers"] = [InitProcessGroupKwargs(backend="gloo")]
     plugins = {key: _plugin(cfg) for key in PLUGIN_KEYS}
     # The G step feeds G batch_real + batch_fake latents; the D step feeds D as many images.

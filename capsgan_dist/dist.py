@@ -94,6 +94,11 @@ def setup(cfg: Config) -> Dist:
         acc_g, acc_d = deepspeed_accelerators(cfg)
     else:
         cpu = not torch.cuda.is_available()
+        if cpu:
+            # Accelerate's unwrap_model imports DeepSpeed whenever it is installed, and DeepSpeed's
+            # accelerator auto-detection then logs "Setting accelerator to CPU" on every CPU run.
+            # Naming the accelerator it would pick anyway keeps a run's output ours.
+            os.environ.setdefault("DS_ACCELERATOR", "cpu")
         acc_g = Accelerator(mixed_precision=mp, cpu=cpu)
         acc_d = Accelerator(mixed_precision=mp, cpu=cpu)  # shares acc_g's process state
     return Dist(acc_g, acc_d)

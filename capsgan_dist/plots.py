@@ -33,27 +33,41 @@ def read_metrics(path: Path) -> list[dict]:
     return rows
 
 
-def plot_curves(metrics_path: Path, out: Path) -> None:
-    """D loss and accuracy, G loss and D(x)/D(G(z)) over steps, one PNG."""
+# (title, metrics.jsonl keys, y-axis label) of each curves.png panel (the paper's Figures 8-9).
+CURVE_PANELS = [
+    ("Discriminator", ["loss_d", "acc_d"], "loss (loss.gan) / accuracy"),
+    ("Generator", ["loss_g"], "loss (loss.generator)"),
+    ("D outputs", ["d_real", "d_fake"], "mean D probability of 'real'"),
+]
+
+
+def curves_figure(rows: list[dict]):
+    """The curves as a matplotlib Figure: one panel per CURVE_PANELS entry, over training steps."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = read_metrics(metrics_path)
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    panels = [("Discriminator", ["loss_d", "acc_d"]), ("Generator", ["loss_g"]),
-              ("D outputs", ["d_real", "d_fake"])]
-    for ax, (title, keys) in zip(axes, panels):
+    fig, axes = plt.subplots(1, len(CURVE_PANELS), figsize=(15, 4))
+    for ax, (title, keys, ylabel) in zip(axes, CURVE_PANELS):
         for k in keys:
             pts = [(r["step"], r[k]) for r in rows if k in r]
             if pts:
                 ax.plot(*zip(*pts), label=k)
         ax.set_title(title)
         ax.set_xlabel("step")
+        ax.set_ylabel(ylabel)
         ax.legend(loc="best")
         ax.grid(alpha=0.3)
     fig.tight_layout()
+    return fig
+
+
+def plot_curves(metrics_path: Path, out: Path) -> None:
+    """D loss and accuracy, G loss and D(x)/D(G(z)) over steps, one PNG."""
+    import matplotlib.pyplot as plt
+
+    fig = curves_figure(read_metrics(metrics_path))
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100)
     plt.close(fig)

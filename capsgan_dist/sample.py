@@ -59,11 +59,13 @@ def load_models(run_dir: Path, step: int | None = None) -> tuple[nn.Module, nn.M
     return G.eval(), D.eval(), path
 
 
-def sample_from_run(run_dir: Path, n: int, out: Path, seed: int = 0) -> Path:
-    """Write a grid of n samples from the run's generator to `out`."""
+def sample_from_run(run_dir: Path, n: int, out: Path | None = None, seed: int = 0) -> Path:
+    """Write a grid of n samples from the run's generator to `out` (default: in the run's samples/)."""
     if n < 1:
         raise UserError(f"--n must be >= 1, got {n}")
-    G, _ = load_generator(run_dir)
+    G, ckpt = load_generator(run_dir)
+    if out is None:  # beside the run's other grids, named so that seeds and checkpoints do not overwrite
+        out = run_dir / "samples" / f"sample_{ckpt.name}_seed{seed}.png"
     z = torch.randn(n, G.latent_dim, generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
         images = G(z)

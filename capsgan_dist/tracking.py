@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from capsgan_dist.errors import warn
 
 
 class NullTracker:
@@ -55,7 +56,7 @@ class WandbTracker(NullTracker):
         t = cfg.tracking
         mode, why = resolve_mode(t.mode, os.environ.get("WANDB_MODE"), _has_wandb_key)
         if why:
-            warnings.warn(why, stacklevel=2)
+            warn(why)
         self._wandb = wandb
         self.run = wandb.init(project=t.project, entity=t.entity, group=t.group, tags=list(t.tags),
                               notes=t.notes, name=run_dir.name, dir=str(run_dir), mode=mode,
@@ -70,8 +71,8 @@ class WandbTracker(NullTracker):
             fn(*args, **kwargs)
         except Exception as e:  # W&B outages must not stop training
             self._broken = True
-            warnings.warn(f"W&B logging failed ({type(e).__name__}: {e}); continuing with local "
-                          "metrics only", stacklevel=3)
+            warn(f"W&B logging failed ({type(e).__name__}: {e}); continuing with local "
+                 "metrics only")
 
     def log(self, step: int, scalars: dict[str, float]) -> None:
         self._safely(self.run.log, dict(scalars), step=step)
@@ -177,6 +178,5 @@ def make_tracker(cfg: Any, run_dir: Path, run_config: dict, is_main: bool) -> Nu
         try:
             trackers.append(WandbTracker(cfg, run_dir, run_config, resume_id))
         except Exception as e:
-            warnings.warn(f"W&B could not start ({type(e).__name__}: {e}); logging locally only",
-                          stacklevel=2)
+            warn(f"W&B could not start ({type(e).__name__}: {e}); logging locally only")
     return Trackers(*trackers)

@@ -20,7 +20,6 @@ from pathlib import Path
 import torch
 from accelerate.utils import broadcast_object_list
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from capsgan_dist import checkpoint, losses, plots
 from capsgan_dist import probe as debug_probe
@@ -30,6 +29,7 @@ from capsgan_dist.dist import Dist, noise, scaled_lr, setup
 from capsgan_dist.errors import CheckpointError, NonFiniteError, UserError
 from capsgan_dist.metrics.evaluate import LoopEval
 from capsgan_dist.models import build_discriminator, build_generator
+from capsgan_dist.progress import Progress
 from capsgan_dist.tracking import gpu_memory, make_tracker, rank_metrics_recorder
 
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: "stopped on a signal, checkpoint saved, resume me"
@@ -211,8 +211,7 @@ def _train(cfg: Config, dist: Dist, require_checkpoint: bool,
         d_step, g_step = graphed.d_step, graphed.g_step
 
     # The loop.
-    bar = tqdm(total=t.steps, initial=start, disable=not (dist.is_main and t.progress),
-               dynamic_ncols=True, desc=run_dir.name)
+    bar = Progress(t.steps, start, run_dir.name, dist.is_main and t.progress, t.progress_every_s)
     window: dict[str, list[float]] = {}
     last: dict[str, float] = {}
     nonfinite_run, skipped, step = 0, 0, start

@@ -20,3 +20,4 @@ fi
 .venv/bin/pip install -q torch==2.14.1 torchvision==0.29.1
 .venv/bin/pip install -q -e ".[deepspeed,tune,metrics,report,dev]"
 .venv/bin/python -c "import torch, torchvision, accelerate; print('installed: torch', torch.__version__, 'accelerate', accelerate.__version__)"
+echo "run \`source .venv/bin/activate\` to put capsgan on PATH (or call .venv/bin/capsgan)"

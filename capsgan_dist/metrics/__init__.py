@@ -4,7 +4,8 @@ The classifier runs once per image set (`extract` -> `Features`: penultimate fea
 every metric reads those. A metric is a class with `set_real(features)` (once; real statistics are
 kept) and `score(features) -> {name: value}`; `MetricSuite` runs several against one real set.
 Images are float tensors (N, C, H, W) in [-1, 1]. Heavy libraries (torchmetrics) load only when a
-metric is built, so the config can validate metric names cheaply.
+metric is built. The names a metric may take are listed in `config.METRIC_NAMES`, which the
+config validates against without importing this package.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
+
+from capsgan_dist.config import METRIC_NAMES
 
 if TYPE_CHECKING:
     from torch import nn
@@ -71,6 +74,9 @@ METRICS: dict[str, type[Metric]] = {}
 
 def register(name: str) -> Callable[[type[Metric]], type[Metric]]:
     """Class decorator: make a metric available as an eval.metrics entry `name`."""
+
+    if name not in METRIC_NAMES:  # config validates eval.metrics against that list without importing us
+        raise ValueError(f"metric {name!r} must be added to capsgan_dist.config.METRIC_NAMES first")
 
     def deco(cls: type[Metric]) -> type[Metric]:
         cls.name = name

@@ -1,7 +1,9 @@
 """The metrics' feature network: train a classifier on a labelled IDX dataset, save it, load it.
 
 A file `X.safetensors` holds the weights (read weights-only) and `X.json` beside it the
-architecture, its arguments, the dataset and the held-out accuracy.
+architecture, its arguments, the image shape, the dataset (folder, split and a fingerprint of each
+IDX image file it read, so that eval can tell whether a run used the same images) and the held-out
+accuracy.
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from capsgan_dist.data import load_idx_labeled
+from capsgan_dist.data import fingerprint, load_idx_labeled
 from capsgan_dist.errors import CheckpointError, DataError, UserError
 from capsgan_dist.models.classifiers import CLASSIFIERS
+from capsgan_dist.shapes import min_classifier_image
 
 FORMAT = 1
 
@@ -37,7 +40,8 @@ def labelled_split(root: Path, holdout: int, seed: int) -> tuple[torch.Tensor, .
     try:
         test_x, test_y, _ = load_idx_labeled(root, "test")
         train_x, train_y, _ = load_idx_labeled(root, "train")
-        info = {"split": "train -> t10k", "n_train": len(train_x), "n_test": len(test_x)}
+        info = {"split": "train -> t10k", "n_train": len(train_x), "n_test": len(test_x),
+                "fingerprints": [fingerprint(train_x), fingerprint(test_x)]}
         return train_x, train_y, test_x, test_y, info
     except DataError:
         pass
@@ -48,7 +52,7 @@ def labelled_split(root: Path, holdout: int, seed: int) -> tuple[torch.Tensor, .
     perm = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
     test, train = perm[:holdout], perm[holdout:]
     info = {"split": f"{name} only: seeded random {len(train)} train / {holdout} held out (seed {seed})",
-            "n_train": len(train), "n_test": holdout}
+            "n_train": len(train), "n_test": holdout, "fingerprints": [fingerprint(images)]}
     return images[train], labels[train], images[test], labels[test], info
 
 
@@ -73,6 +77,10 @@ def train_classifier(data: Path, arch: str, out: Path, epochs: float = 5, batch:
         raise UserError(f"--epochs ({epochs}), --batch ({batch}) and --lr ({lr}) must be positive")
     train_x, train_y, test_x, test_y, info = labelled_split(Path(data), holdout, seed)
     _, c, h, w = train_x.shape
+    if min(h, w) < min_classifier_image(arch):
+        raise UserError(f"--arch {arch} needs images of at least {min_classifier_image(arch)}x"
+                        f"{min_classifier_image(arch)}; {data} holds {h}x{w} images"
+                        + ("; use --arch lenet" if min(h, w) >= min_classifier_image("lenet") else ""))
     n_classes = int(max(train_y.max(), test_y.max())) + 1
     torch.manual_seed(seed)
     kwargs = {"image_size": h, "channels": c, "n_classes": n_classes, **(arch_kwargs or {})}

@@ -10,7 +10,6 @@ import dataclasses
 import json
 import math
 import time
-import warnings
 from pathlib import Path
 
 import torch
@@ -19,9 +18,9 @@ from torch import nn
 
 from capsgan_dist import checkpoint
 from capsgan_dist.config import Config, EvalConfig, load_config, model_hash
-from capsgan_dist.data import load_images
+from capsgan_dist.data import describe, fingerprint, load_images
 from capsgan_dist.dist import noise
-from capsgan_dist.errors import CheckpointError, DataError, UserError
+from capsgan_dist.errors import CheckpointError, DataError, UserError, warn
 from capsgan_dist.metrics import MetricSuite
 from capsgan_dist.metrics.classifier import load_classifier
 from capsgan_dist.models import build_generator
@@ -34,12 +33,27 @@ def real_images(cfg: Config) -> torch.Tensor:
     return load_images(cfg.data).float().div(127.5).sub(1.0)
 
 
-def check_shapes(meta: dict, cfg: Config, classifier_path: str | Path) -> None:
-    """The classifier must take the run's images; a different dataset only earns a warning."""
+def check_classifier(meta: dict, cfg: Config, classifier_path: str | Path, images: torch.Tensor) -> bool | None:
+    """Refuse a classifier for other image shapes; warn when it was trained on other images than `images`.
+
+    Returns whether the run's images are among the classifier's training data (None: the file is
+    from before fingerprints were recorded, so nobody can tell).
+    """
     want = [cfg.data.channels, cfg.data.image_size, cfg.data.image_size]
     if list(meta["image_shape"]) != want:
         raise DataError(f"classifier {classifier_path} takes {meta['image_shape']} (CxHxW) images but the run "
                         f"makes {want}; train a classifier on the run's dataset")
+    data = meta.get("dataset", {})
+    if "fingerprints" not in data:
+        warn(f"classifier {classifier_path} does not record which images it was trained on (an older file); "
+             "cannot check that they are this run's. Retrain it with `capsgan classifier train` to record them")
+        return None
+    if fingerprint(images) in data["fingerprints"]:
+        return True
+    warn(f"classifier {classifier_path} was trained on {data.get('root')}, not on this run's images "
+         f"({describe(cfg.data)}): its FID/KID/IS/precision/recall measure in another dataset's feature "
+         "space; compare them only with runs scored by the same classifier on the same data")
+    return False
 
 
 @torch.no_grad()
@@ -54,11 +68,12 @@ def generate(G: nn.Module, z: torch.Tensor, batch: int) -> torch.Tensor:
 
 def _suite(classifier_path: str | Path, cfg: Config, settings: EvalConfig,
            device: torch.device) -> tuple[MetricSuite, dict]:
-    """Metrics against the run's real data, and the classifier's metadata."""
+    """Metrics against the run's real data, and the classifier's metadata (+ whether it fits the data)."""
     clf, meta = load_classifier(classifier_path)
-    check_shapes(meta, cfg, classifier_path)
+    images = load_images(cfg.data)  # uint8
+    meta = {**meta, "matches_run_data": check_classifier(meta, cfg, classifier_path, images)}
     suite = MetricSuite(clf.to(device), settings, seed=cfg.seed)
-    suite.set_real(real_images(cfg))
+    suite.set_real(images.float().div(127.5).sub(1.0))
     return suite, meta
 
 
@@ -88,7 +103,7 @@ def evaluate_run(run_dir: Path, n: int | None = None, classifier: str | None = N
         try:
             manifest = checkpoint.verify(path)
         except CheckpointError as e:
-            warnings.warn(f"skipping {e}", stacklevel=2)
+            warn(f"skipping {e}")
             continue
         if manifest["model_hash"] != model_hash(cfg):
             raise CheckpointError(f"{path} does not match {run_dir / 'config.yaml'} (different model config)")
@@ -101,6 +116,7 @@ def evaluate_run(run_dir: Path, n: int | None = None, classifier: str | None = N
         results.append({"step": int(manifest["step"]), "checkpoint": str(path), **scores})
     report = {"run": str(run_dir), "classifier": str(clf_path), "classifier_arch": meta["arch"],
               "classifier_dataset": meta["dataset"]["root"], "classifier_accuracy": meta["accuracy"],
+              "classifier_trained_on_run_data": meta["matches_run_data"],
               "data": dataclasses.asdict(cfg.data),
               "n_fake": settings.n, "metrics": list(settings.metrics), "reference": suite.reference(),
               "checkpoints": results, "seconds": round(time.perf_counter() - t0, 1)}

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from capsgan_dist.models.routing import routed_capsules
+from capsgan_dist.shapes import conv_out  # re-exported: the layer code has always imported it from here
 
 # Keeps |s| differentiable at s = 0: sqrt(|s|^2 + eps) has a finite gradient there.
 _EPS = 1e-8
@@ -96,11 +97,6 @@ class RoutedCaps(nn.Module):
 def capsule_lengths(v: torch.Tensor) -> torch.Tensor:
     """Length of each capsule vector (B, n, d) -> (B, n), safe at 0."""
     return torch.sqrt((v * v).sum(-1) + _EPS)
-
-
-def conv_out(size: int, kernel: int, stride: int = 1, padding: int = 0) -> int:
-    """Spatial size after a conv (no dilation)."""
-    return (size + 2 * padding - kernel) // stride + 1
 
 
 __all__ = ["squash", "dynamic_routing", "PrimaryCaps", "RoutedCaps", "capsule_lengths", "conv_out"]

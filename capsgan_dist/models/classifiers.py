@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from capsgan_dist.losses import margin_loss
-from capsgan_dist.models.capsules import PrimaryCaps, RoutedCaps, capsule_lengths, conv_out
+from capsgan_dist.models.capsules import PrimaryCaps, RoutedCaps, capsule_lengths
+from capsgan_dist.shapes import capsnet_grid, lenet_grid, min_classifier_image
 
 
 class LeNet(nn.Module):
@@ -20,9 +21,10 @@ class LeNet(nn.Module):
 
     def __init__(self, image_size: int = 28, channels: int = 1, n_classes: int = 10, num_features: int = 128):
         super().__init__()
-        s = conv_out(conv_out(image_size, 5) // 2, 5) // 2
+        s = lenet_grid(image_size)
         if s < 1:
-            raise ValueError(f"image size {image_size} is too small for LeNet (needs >= 16)")
+            raise ValueError(f"image size {image_size} is too small for LeNet "
+                             f"(needs >= {min_classifier_image('lenet')})")
         self.num_features = num_features
         self.body = nn.Sequential(
             nn.Conv2d(channels, 20, 5), nn.ReLU(), nn.MaxPool2d(2),
@@ -54,9 +56,10 @@ class CapsNet(nn.Module):
                  conv1_channels: int = 256, primary_channels: int = 32, primary_dim: int = 8,
                  caps_dim: int = 16, routing_iters: int = 3, recon_weight: float = 0.0005):
         super().__init__()
-        h = conv_out(conv_out(image_size, 9), 9, stride=2)
+        h = capsnet_grid(image_size)
         if h < 1:
-            raise ValueError(f"image size {image_size} is too small for CapsNet (needs >= 25)")
+            raise ValueError(f"image size {image_size} is too small for CapsNet "
+                             f"(needs >= {min_classifier_image('capsnet')})")
         self.n_classes, self.caps_dim, self.recon_weight = n_classes, caps_dim, recon_weight
         self.num_features = n_classes * caps_dim
         self.conv1 = nn.Conv2d(channels, conv1_channels, 9)

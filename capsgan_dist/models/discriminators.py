@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from capsgan_dist.models.capsules import PrimaryCaps, RoutedCaps, conv_out
+from capsgan_dist.models.capsules import PrimaryCaps, RoutedCaps
+from capsgan_dist.shapes import conv_out, min_capsule_image, primary_grid
 
 
 class CapsuleDiscriminator(nn.Module):
@@ -16,12 +17,11 @@ class CapsuleDiscriminator(nn.Module):
                  primary_dim: int = 8, n_caps: int = 10, caps_dim: int = 16, routing_iters: int = 3,
                  routing_grad: str = "all", dense: int = 64, routing_impl: str = "fused"):
         super().__init__()
-        h1 = conv_out(image_size, conv1_kernel)
-        h2 = conv_out(h1, primary_kernel, stride=2)
+        h2 = primary_grid(image_size, conv1_kernel, primary_kernel)  # Config checks this first
         if h2 < 1:
             raise ValueError(
                 f"image size {image_size} is too small for conv1 kernel {conv1_kernel} and primary "
-                f"kernel {primary_kernel}; use smaller kernels")
+                f"kernel {primary_kernel} (needs >= {min_capsule_image(conv1_kernel, primary_kernel)})")
         self.conv1 = nn.Conv2d(channels, conv1_channels, conv1_kernel)
         self.act1 = nn.PReLU(conv1_channels)
         self.primary = PrimaryCaps(conv1_channels, primary_channels, primary_dim, primary_kernel)

@@ -1,5 +1,5 @@
 #!/bin/bash
-# The CPU-scale experiments of issue 6, in two single-threaded lanes (one per core).
+# The CPU-scale comparison runs of docs/results.md, in two single-threaded lanes (one per core).
 cd "$(dirname "$0")/../.."  # the repository root
 export PYTHONPATH=$PWD WANDB_MODE=offline OMP_NUM_THREADS=1
 CAP=".venv/bin/python -m capsgan_dist"

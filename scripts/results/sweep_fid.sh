@@ -1,5 +1,5 @@
 #!/bin/bash
-# Issue 7's real sweep: classifier FID (metric auto), routing 1-5 x 2 learning-rate draws, ASHA.
+# The classifier-FID sweep of docs/results.md (metric auto): routing 1-5 x 2 learning-rate draws, ASHA.
 cd "$(dirname "$0")/../.."  # the repository root
 export PYTHONPATH=$PWD WANDB_MODE=offline OMP_NUM_THREADS=1
 /usr/bin/time -v .venv/bin/python -m capsgan_dist sweep configs/sweep_mnist.yaml name=mnist_fid trials=2 \

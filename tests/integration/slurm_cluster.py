@@ -1,4 +1,4 @@
-"""A real two-node SLURM cluster on this machine, for testing launch/slurm (see ENV-NOTES.md).
+"""A real two-node SLURM cluster on this machine, for testing launch/slurm.
 
 It runs its own munged (private key and socket), one slurmctld and two slurmd daemons (`-N n1`,
 `-N n2`) that both live on 127.0.0.1 on free ports, with every state, spool, log and PID file in one
@@ -59,7 +59,7 @@ def _resolves(name: str) -> bool:
 def _ensure_hosts(names: tuple[str, ...]) -> None:
     """Make the fake node names resolve to 127.0.0.1 (MASTER_ADDR comes from `scontrol show hostnames`).
 
-    The lines stay after the tests: removing them could break a cluster another session is running.
+    The lines stay after the tests: removing them could break a cluster another test run is using.
     """
     missing = [n for n in names if not _resolves(n)]
     if not missing:
@@ -184,7 +184,7 @@ class SlurmCluster:
                 os.kill(pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
-        deadline = time.monotonic() + 20  # slurmd takes up to ~10 s to exit after SIGTERM (ENV-NOTES)
+        deadline = time.monotonic() + 20  # slurmd takes up to ~10 s to exit after SIGTERM
         while any(_alive(p) for p in pids) and time.monotonic() < deadline:
             time.sleep(0.1)
         for pid in pids:

@@ -32,6 +32,13 @@ def _write_idx(path: Path, n: int = 64, size: int = 28) -> Path:
     return path
 
 
+def _write_labels(path: Path, n: int = 64) -> Path:
+    """The matching gzip'd IDX1 label file (digits 0-9 in turn)."""
+    with gzip.open(path, "wb") as f:
+        f.write(struct.pack(">II", 2049, n) + bytes(i % 10 for i in range(n)))
+    return path
+
+
 def _idx(root: Path) -> list[str]:
     return ["data.name=idx", f"data.root={root}"]
 
@@ -64,6 +71,11 @@ EXPECT: dict[str, list[str]] = {
                              "restore them from a backup"],
     "resume-without-checkpoint": ["no checkpoint in", "start a new run without --resume"],
     "resume-not-a-run": ["--resume", "no config.yaml there", "pass the folder of an earlier run"],
+    "resume-missing-folder": ["--resume", "gone: no such folder", "pass the folder of an earlier run"],
+    "image-too-small-for-capsule-d": ["data.image_size=8 is too small for the capsule discriminator",
+                                      "model.conv1_kernel=5", "use data.image_size>=12"],
+    "images-too-small-for-classifier": ["--arch capsnet needs images of at least 17x17", "holds 16x16 images",
+                                        "use --arch lenet"],
     "resume-with-config": ["--resume RUN_DIR uses the run's own config.yaml", "drop the CONFIG argument"],
     "run-folder-under-a-file": ["cannot create run folder", "Not a directory", "set train.out_dir"],
     "read-only-run-folder": ["cannot create run folder", "Read-only file system", "set train.out_dir"],
@@ -96,6 +108,8 @@ def _cases(tmp: Path, finished: Path, can_mount: bool) -> dict[str, list[str]]:
     shutil.copy(finished / "config.yaml", tmp / "no_ckpt" / "config.yaml")
     shutil.copytree(finished, tmp / "other_model")
     (tmp / "a_file").write_text("")
+    _write_idx(tmp / "small_idx" / "t10k-images-idx3-ubyte.gz", n=64, size=16)
+    _write_labels(tmp / "small_idx" / "t10k-labels-idx1-ubyte.gz", n=64)
     idx = _idx(tmp / "idx")
     cases = {
         "unknown-key": ["train", CFG, "train.stpes=3"],
@@ -117,6 +131,10 @@ def _cases(tmp: Path, finished: Path, can_mount: bool) -> dict[str, list[str]]:
         "truncated-checkpoint": ["train", "--resume", str(tmp / "trunc_ckpt")],
         "resume-without-checkpoint": ["train", "--resume", str(tmp / "no_ckpt")],
         "resume-not-a-run": ["train", "--resume", str(tmp / "empty")],
+        "resume-missing-folder": ["train", "--resume", str(tmp / "gone")],
+        "image-too-small-for-capsule-d": ["train", CFG, "data.image_size=8"],
+        "images-too-small-for-classifier": ["classifier", "train", "--data", str(tmp / "small_idx"), "--arch",
+                                            "capsnet", "--holdout", "8", "--out", str(tmp / "clf.safetensors")],
         "resume-with-config": ["train", CFG, "--resume", str(finished)],
         "run-folder-under-a-file": ["train", CFG, f"train.out_dir={tmp / 'a_file'}"],
     }

@@ -9,7 +9,7 @@ from conftest import DEBUG_CONFIG, run_capsgan
 def _one_line_error(proc) -> str:
     assert proc.returncode == 2, f"exit {proc.returncode}\nstderr:\n{proc.stderr}"
     assert "Traceback" not in proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.strip() and "[WARNING]" not in line]
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("capsgan: error: "), proc.stderr
     return lines[0]
 
@@ -21,6 +21,7 @@ def _one_line_error(proc) -> str:
     (("data.name=imagenet",), "data.name"),
     (("model.n_caps=1",), "no-op"),
     (("model.routing_iters",), "key=value"),
+    (("data.image_size=8",), "data.image_size>=12"),  # too small for debug.yaml's capsule D kernels
 ])
 def test_bad_override_is_one_line_and_exit_2(tmp_path, args, needle):
     out = tmp_path / "runs"
@@ -47,6 +48,11 @@ def test_missing_data_names_the_path_and_leaves_no_run_folder(tmp_path):
 def test_resume_without_a_run(tmp_path):
     msg = _one_line_error(run_capsgan("train", "--resume", str(tmp_path), check=False, timeout=120))
     assert str(tmp_path) in msg and "config.yaml" in msg
+
+
+def test_resume_of_a_folder_that_does_not_exist(tmp_path):
+    msg = _one_line_error(run_capsgan("train", "--resume", str(tmp_path / "gone"), check=False, timeout=120))
+    assert f"--resume {tmp_path / 'gone'}: no such folder" in msg and "config.yaml" not in msg
 
 
 def test_resume_with_a_run_but_no_checkpoint(tmp_path):

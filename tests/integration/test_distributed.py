@@ -36,7 +36,7 @@ PROBE_ENV = {"CAPSGAN_PROBE": "1"}
 GRAD_RTOL_MODEL, GRAD_RTOL_TENSOR = 2e-6, 1e-5
 # After a few Adam steps. Adam divides each gradient element by its own RMS, so fp32 reduction-order
 # noise on near-zero gradient elements becomes up to ~1% of one lr-sized step (2e-6 seen at lr 2e-4);
-# a missing gradient average or the ZeRO-1 bug in ENV-NOTES.md is off by ~lr or ~0.06.
+# a missing gradient average or the ZeRO-1 bug in docs/distributed.md is off by ~lr or ~0.06.
 PARAM_ATOL = 5e-6
 
 

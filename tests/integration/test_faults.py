@@ -330,6 +330,7 @@ def test_corrupt_newest_checkpoint_is_skipped_with_a_warning(finished_run, tmp_p
     f.write_bytes(f.read_bytes()[:-100])
     res = run_capsgan("train", "--resume", str(run), "train.steps=6", timeout=300)
     assert "D/model.safetensors fails its checksum (truncated or corrupt); using step_0000002" in res.stderr
+    assert "capsgan: warning: skipping " in res.stderr and "latest_valid(" not in res.stderr  # one line
     assert f"resuming {run} from step_0000002" in res.stderr
     assert (run / "checkpoints" / "step_0000006").is_dir()
     # The broken step 4 was replaced when training reached step 4 again, and now verifies.

@@ -31,7 +31,11 @@ def test_training_loop_evaluates_every_n_steps_and_eval_writes_eval_json(tmp_pat
 
     proc = run_capsgan("eval", "--run", str(run), "--n", "150", "--all", timeout=300)
     assert "wrote" in proc.stdout
+    # A synthetic-data run scored by an MNIST classifier: the numbers come with a one-line warning.
+    warned = [ln for ln in proc.stderr.splitlines() if ln.startswith("capsgan: warning: classifier")]
+    assert len(warned) == 1 and "not on this run's images (data.name=synthetic)" in warned[0], proc.stderr
     report = json.loads((run / "eval.json").read_text())
+    assert report["classifier_trained_on_run_data"] is False
     assert [c["step"] for c in report["checkpoints"]] == [10, 20]
     assert report["n_fake"] == 150 and report["classifier"] == str(mnist_classifier)
     assert report["classifier_accuracy"] > 0.85 and report["reference"]["is_real"] > 1

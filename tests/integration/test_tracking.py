@@ -39,7 +39,7 @@ def _offline_runs(run_dir: Path) -> list[Path]:
 
 
 def _inspect(offline_run: Path, *flags: str) -> str:
-    """`wandb leet inspect --json` of an offline run: wandb's own reader (see ENV-NOTES)."""
+    """`wandb leet inspect --json` of an offline run: wandb's own reader."""
     return subprocess.run([sys.executable, "-m", "wandb", "leet", "inspect", "--json", *flags, str(offline_run)],
                           capture_output=True, text=True, timeout=60, check=True).stdout
 

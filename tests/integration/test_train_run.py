@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -68,6 +69,18 @@ def test_debug_run_writes_every_output(debug_run):
         for part in ("G", "D"):
             assert f"{part}/model.safetensors" in manifest["files"]
             assert f"{part}/optimizer.bin" in manifest["files"]
+
+
+def test_a_run_logged_to_a_file_prints_only_our_lines(tmp_path):
+    """stderr is a pipe here, not a terminal: progress is a line every train.progress_every_s and one at
+    the end (not a bar redrawn per step), and DeepSpeed, which was not asked for, prints nothing."""
+    run = tmp_path / "run"
+    proc = run_capsgan("train", str(DEBUG_CONFIG), f"train.run_dir={run}", "train.progress_every_s=3600",
+                       timeout=300)
+    assert proc.stdout.splitlines() == [f"run finished: {run} (step 20)"]
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and re.fullmatch(r"run: step 20/20 \(100%\), [\d.e+]+ steps/s, loss_d=\S+ loss_g=\S+ "
+                                            r"acc_d=\S+ img_s=\S+", lines[0]), proc.stderr
 
 
 def test_dry_run_prints_the_merged_overrides(tmp_path):
@@ -138,6 +151,14 @@ def test_sample_command_writes_a_grid(debug_run, tmp_path):
     run_capsgan("sample", "--run", str(debug_run), "--n", "9", "--out", str(out9), timeout=120)
     with Image.open(out9) as im:
         assert im.size == _grid_size(9, 28)
+    # Without --out the grid goes into the run folder, not the folder the command ran in.
+    here = tmp_path / "cwd"
+    here.mkdir()
+    proc = run_capsgan("sample", "--run", str(debug_run), "--n", "4", "--seed", "3", cwd=here, timeout=120)
+    default = debug_run / "samples" / "sample_step_0000020_seed3.png"
+    assert f"wrote {default}" in proc.stdout and not any(here.iterdir())
+    with Image.open(default) as im:
+        assert im.size == _grid_size(4, 28)
 
 
 def _held_out_accuracy(D: torch.nn.Module, G: torch.nn.Module, cfg, n: int = 128) -> tuple[float, float]:

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from capsgan_dist import checkpoint
@@ -39,6 +44,20 @@ def test_latest_valid_skips_a_broken_newest_with_a_warning(tmp_path):
     with pytest.warns(UserWarning, match="step_0000004 has no readable manifest.*using step_0000002"):
         path, manifest = checkpoint.latest_valid(tmp_path)
     assert path.name == "step_0000002" and manifest["step"] == 2
+
+
+def test_a_skipped_checkpoint_warning_is_one_capsgan_line(tmp_path):
+    """Python's default warning format adds the source line that called warn(); ours is one line."""
+    for s in (2, 4):
+        _fake(tmp_path, s)
+    (tmp_path / "step_0000004" / "manifest.json").write_text("{")
+    code = ("import pathlib; from capsgan_dist import checkpoint; "
+            f"checkpoint.latest_valid(pathlib.Path({str(tmp_path)!r}))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("capsgan: warning: skipping "), proc.stderr
+    assert lines[0].endswith("using step_0000002")
 
 
 def test_latest_valid_is_none_without_checkpoints_and_an_error_when_all_are_broken(tmp_path):

@@ -2,19 +2,29 @@
 
 from __future__ import annotations
 
+import gzip
 import json
+import os
+import struct
+import subprocess
+import sys
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
 import torchvision.transforms.functional as TF
 
-from capsgan_dist.config import EvalConfig, load_config
-from capsgan_dist.data import read_idx_images
-from capsgan_dist.errors import CheckpointError, ConfigError
-from capsgan_dist.metrics import METRICS, Features, MetricSuite
-from capsgan_dist.metrics.classifier import accuracy, labelled_split, load_classifier, save_classifier
+from capsgan_dist.config import METRIC_NAMES, EvalConfig, load_config
+from capsgan_dist.data import fingerprint, read_idx_images, synthetic_images
+from capsgan_dist.errors import CapsganWarning, CheckpointError, ConfigError, DataError, UserError
+from capsgan_dist.metrics import METRICS, Features, MetricSuite, register
+from capsgan_dist.metrics.classifier import accuracy, labelled_split, load_classifier, save_classifier, train_classifier
+from capsgan_dist.metrics.evaluate import check_classifier
 from capsgan_dist.models.classifiers import CapsNet, LeNet
+from capsgan_dist.shapes import min_classifier_image
+
+DEBUG_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "debug.yaml"
 
 SETTINGS = EvalConfig(kid_subsets=50, kid_subset_size=500)
 
@@ -32,7 +42,21 @@ def _score(name: str, real: Features, fake: Features, settings: EvalConfig = SET
 
 
 def test_metrics_are_registered_by_name():
-    assert {"fid", "kid", "is", "pr"} <= set(METRICS)
+    assert set(METRICS) == set(METRIC_NAMES) == {"fid", "kid", "is", "pr"}
+
+
+def test_a_metric_name_outside_the_config_list_is_refused():
+    with pytest.raises(ValueError, match="METRIC_NAMES"):
+        register("nope")
+
+
+def test_validating_eval_metrics_imports_no_metric_code():
+    """config -> metrics was an import cycle: the config now checks names against its own list."""
+    code = ("import sys; from capsgan_dist.config import load_config; load_config(None, ['eval.metrics=[fid,pr]']); "
+            "print(sorted(m for m in sys.modules if m.startswith('capsgan_dist')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}).stdout
+    assert "capsgan_dist.metrics" not in out and "capsgan_dist.config" in out
 
 
 def test_fid_matches_the_closed_form_for_gaussians():
@@ -87,6 +111,47 @@ def test_load_classifier_rejects_weights_that_do_not_fit_the_metadata(tmp_path: 
         load_classifier(tmp_path / "c.safetensors")
     with pytest.raises(CheckpointError, match="not found"):
         load_classifier(tmp_path / "missing.safetensors")
+
+
+def _write_labelled_idx(root: Path, n: int, size: int) -> None:
+    """t10k-images/labels IDX files of n random size x size images (what `classifier train --data` reads)."""
+    root.mkdir(parents=True, exist_ok=True)
+    pixels = torch.randint(0, 256, (n, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    with gzip.open(root / "t10k-images-idx3-ubyte.gz", "wb") as f:
+        f.write(struct.pack(">IIII", 2051, n, size, size) + pixels.numpy().tobytes())
+    with gzip.open(root / "t10k-labels-idx1-ubyte.gz", "wb") as f:
+        f.write(struct.pack(">II", 2049, n) + bytes(i % 10 for i in range(n)))
+
+
+@pytest.mark.parametrize("arch", ["lenet", "capsnet"])
+def test_classifier_minimum_image_size_is_exact_and_smaller_data_is_a_user_error(arch: str, tmp_path: Path):
+    smallest = min_classifier_image(arch)
+    cls = {"lenet": LeNet, "capsnet": CapsNet}[arch]
+    with torch.no_grad():
+        assert cls(image_size=smallest)(torch.zeros(2, 1, smallest, smallest)).shape == (2, 10)
+    with pytest.raises(ValueError, match=f"needs >= {smallest}"):
+        cls(image_size=smallest - 1)
+    _write_labelled_idx(tmp_path / "small", 40, 12)
+    with pytest.raises(UserError, match=f"--arch {arch} needs images of at least {smallest}x{smallest}.*12x12"):
+        train_classifier(tmp_path / "small", arch, tmp_path / "c.safetensors", holdout=10)
+    assert not (tmp_path / "c.safetensors").exists()
+
+
+def test_a_classifier_for_other_images_is_refused_and_for_other_data_warned(tmp_path: Path):
+    cfg = load_config(DEBUG_CONFIG)  # synthetic 28x28x1
+    images = synthetic_images(64, 28, 1)
+    meta = {"image_shape": [1, 28, 28], "dataset": {"root": "mnist/", "fingerprints": [fingerprint(images)]}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CapsganWarning)  # the same images: no warning at all
+        assert check_classifier(meta, cfg, "c.safetensors", images) is True
+    other = {**meta, "dataset": {"root": "mnist/", "fingerprints": ["0" * 16]}}
+    with pytest.warns(CapsganWarning, match=r"trained on mnist/, not on this run's images \(data.name=synthetic\)"):
+        assert check_classifier(other, cfg, "c.safetensors", images) is False
+    old = {**meta, "dataset": {"root": "mnist/"}}  # written before fingerprints were recorded
+    with pytest.warns(CapsganWarning, match="does not record which images"):
+        assert check_classifier(old, cfg, "c.safetensors", images) is None
+    with pytest.raises(DataError, match=r"takes \[1, 32, 32\].*makes \[1, 28, 28\]"):
+        check_classifier({**meta, "image_shape": [1, 32, 32]}, cfg, "c.safetensors", images)
 
 
 def test_single_split_folder_holds_out_a_seeded_disjoint_set(mnist_dir: Path):

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from capsgan_dist.config import load_config
+from capsgan_dist.config import Config, DataConfig, ModelConfig, load_config
 from capsgan_dist.errors import ConfigError
 from capsgan_dist.models import (
     CapsuleDiscriminator,
@@ -108,6 +108,53 @@ def test_n_caps_below_two_rejected_by_config(n_caps):
 def test_too_small_image_rejected():
     with pytest.raises(ValueError, match="too small"):
         CapsuleDiscriminator(image_size=12, conv1_kernel=9, primary_kernel=7)
+
+
+TINY = {"conv1_channels": 2, "primary_channels": 2, "primary_dim": 2, "n_caps": 2, "caps_dim": 2, "dense": 2,
+        "g_widths": [2, 2, 2], "d_widths": [2, 2, 2, 2], "latent_dim": 4}
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny forwards: one thread each is ~500x faster than two threads fighting over a busy machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.mark.parametrize("disc", ["capsule", "conv"])
+def test_config_refuses_exactly_the_shapes_the_models_cannot_build(disc, one_thread):
+    """Every size x kernel combination: either a ConfigError naming the keys, or both models build and run.
+
+    And the config is not stricter than the layers: whatever it refuses, the capsule D also refuses.
+    """
+    refused = 0
+    for size in range(8, 33, 4):  # the generator needs a multiple of 4, >= 8
+        for k1 in (1, 3, 5, 9, 13, 17, 29):
+            for kp in (1, 3, 7, 9, 17):
+                try:  # the dataclasses run the same checks as load_config, without OmegaConf's overhead
+                    cfg = Config(data=DataConfig(image_size=size), model=ModelConfig(
+                        discriminator=disc, conv1_kernel=k1, primary_kernel=kp, **TINY))
+                except ConfigError as e:
+                    refused += 1
+                    msg = str(e)
+                    assert disc == "capsule" and "data.image_size" in msg and "model.conv1_kernel" in msg, msg
+                    with pytest.raises(ValueError, match="too small"):
+                        CapsuleDiscriminator(size, 1, 2, k1, kp, 2, 2, 2, 2)
+                    continue
+                G, D = build_generator(cfg), build_discriminator(cfg)
+                with torch.no_grad():
+                    x = G(torch.randn(2, 4))
+                    assert x.shape == (2, 1, size, size) and D(x).shape == (2,)
+    assert (refused > 0) == (disc == "capsule")
+
+
+def test_too_small_image_for_the_capsule_d_names_the_keys_and_a_size_that_works():
+    with pytest.raises(ConfigError) as e:
+        load_config(DEBUG_CONFIG, ["data.image_size=8"])  # debug kernels 5 and 5 need >= 9, i.e. 12
+    assert "data.image_size=8" in str(e.value) and "data.image_size>=12" in str(e.value)
+    load_config(DEBUG_CONFIG, ["data.image_size=12"])
 
 
 def test_count_params():

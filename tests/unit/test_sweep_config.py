@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -11,9 +12,20 @@ from conftest import DEBUG_CONFIG, REPO, run_capsgan
 
 from capsgan_dist.config import load_config, to_dict
 from capsgan_dist.errors import ConfigError
-from capsgan_dist.sweep_config import FID_METRIC, PROXY_METRIC, load_sweep_config, resolve_metric
-from capsgan_dist.tune import resolve_base, split_overrides
-from capsgan_dist.tune_trial import ATTEMPTS, ORIGIN, RESTORED, Reporter, prepare_run_dir, proxy_d_gap, trial_config
+from capsgan_dist.sweep.config import FID_METRIC, PROXY_METRIC, load_sweep_config, resolve_metric
+from capsgan_dist.sweep.report import trial_rows, write_outputs
+from capsgan_dist.sweep.run import resolve_base, split_overrides
+from capsgan_dist.sweep.trial import (
+    ATTEMPTS,
+    ORIGIN,
+    RESTORED,
+    SUMMARY,
+    Reporter,
+    prepare_run_dir,
+    proxy_d_gap,
+    run_folder,
+    trial_config,
+)
 
 SWEEP_DEBUG = REPO / "configs" / "sweep_debug.yaml"
 
@@ -209,6 +221,32 @@ def test_pbt_reporter_reports_each_new_checkpoint_once_and_the_last_log(tmp_path
     rep.finish({"step": 25, "world_size": 1})
     assert sent == [(10, 10, [ORIGIN, "step_0000010"]), (20, 20, [ORIGIN, "step_0000020"]), (25, 20, None)]
     assert json.loads((run / "summary.json").read_text())["step"] == 25
+
+
+def test_summary_says_why_its_best_differs_from_rays_and_stopped_trials_keep_their_world_size(tmp_path):
+    """ASHA stopped trial 0 early with a better proxy than trial 1, which ran all 20 steps: Ray calls 0 the
+    current best, ours is 1, and the line says why. Stopped trials never write summary.json."""
+    base = to_dict(load_config(DEBUG_CONFIG))
+    sweep = resolve_metric(load_sweep_config(sweep_file(tmp_path, name="s")), base)
+    trials = []
+    for i, (step, gap) in enumerate([(10, 0.01), (20, 0.05)]):
+        trial = SimpleNamespace(trial_id=f"t_0000{i}", status="TERMINATED", path=str(tmp_path / f"trial_{i}"),
+                                config={"model.routing_iters": 2, "optim.lr_d": 1e-4, "optim.lr_g": 1e-4},
+                                last_result={"step": step, PROXY_METRIC: gap})
+        run = run_folder(Path(trial.path), "s", trial.trial_id)
+        run.mkdir(parents=True)
+        (run / "environment.json").write_text(json.dumps({"world_size": 2}))
+        if step == 20:
+            (run / SUMMARY).write_text(json.dumps({"world_size": 2}))
+        trials.append(trial)
+    summary = write_outputs(trials, sweep, base, tmp_path)
+    assert summary.exit_code == 0
+    assert f"Best: trial t_00001 {PROXY_METRIC}=0.05 (the best trial that ran all its steps; Ray's 'Current " \
+           "best trial' is t_00000, stopped early at step 10" in summary.message
+    rows = trial_rows(trials, sweep, base)
+    assert [(r["trial"], r["status"], r["world_size"]) for r in rows] == [("t_00000", "stopped early", 2),
+                                                                        ("t_00001", "done", 2)]
+    assert "# Best trial t_00001" in (tmp_path / "best_config.yaml").read_text()
 
 
 def test_cli_rejects_a_bad_sweep_before_starting_ray(tmp_path):

@@ -74,7 +74,7 @@ def test_key_detection_reads_env_and_netrc(no_wandb_key: Path, monkeypatch) -> N
 
 @pytest.mark.parametrize("asked_by", ["config", "env"])
 def test_online_without_key_logs_offline_after_one_warning(no_wandb_key: Path, monkeypatch, asked_by: str) -> None:
-    """Real wandb.init: without the fallback it raises 'No API key configured' (ENV-NOTES)."""
+    """Real wandb.init: without the fallback it raises 'No API key configured'."""
     if asked_by == "env":
         monkeypatch.setenv("WANDB_MODE", "online")  # wandb itself reads it too: our mode= must win
     cfg = load_config(None, ["tracking.mode=online" if asked_by == "config" else "tracking.mode=offline"])

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from capsgan_dist.config import replace, to_yaml
-from capsgan_dist.sweep_config import SweepConfig
-from capsgan_dist.tune_trial import ATTEMPTS, RESTORED, SUMMARY, plain, run_folder, trial_config
+from capsgan_dist.sweep.config import SweepConfig
+from capsgan_dist.sweep.trial import ATTEMPTS, RESTORED, SUMMARY, plain, run_folder, trial_config
 
 SHOWN_METRICS = ("loss_d", "loss_g", "acc_d", "d_real", "d_fake")
 UNFINISHED = ("PENDING", "RUNNING", "PAUSED")
@@ -42,6 +42,17 @@ def _first_error_line(trial) -> str:
     return lines[-1][:200] if lines else ""  # the exception line closes the traceback
 
 
+def _world_size(run_dir: Path, summary: dict) -> int | None:
+    """From the trial's summary, or for a trial stopped before it wrote one, from its environment.json."""
+    if "world_size" in summary:
+        return summary["world_size"]
+    env = run_dir / "environment.json"  # written by train() when the run starts
+    try:
+        return json.loads(env.read_text()).get("world_size") if env.is_file() else None
+    except json.JSONDecodeError:
+        return None
+
+
 def trial_rows(trials: list, sweep: SweepConfig, base: dict) -> list[dict[str, Any]]:
     """One row per trial: status, metric, searched values, a few training metrics, run folder."""
     rows = []
@@ -59,7 +70,7 @@ def trial_rows(trials: list, sweep: SweepConfig, base: dict) -> list[dict[str, A
         if sweep.scheduler.name == "pbt":  # the last clone: "<donor trial>@<step>"
             clone = (run_dir / RESTORED).is_file() and json.loads((run_dir / RESTORED).read_text())
             row["cloned_from"] = f"{clone['trial_id']}@{clone['step']}" if clone else ""
-        row.update({"world_size": summary.get("world_size"), "attempts": attempts,
+        row.update({"world_size": _world_size(run_dir, summary), "attempts": attempts,
                     "run_dir": str(run_dir), "error": _first_error_line(t) if t.status == "ERROR" else ""})
         rows.append(row)
     sign = 1 if sweep.mode == "min" else -1
@@ -126,6 +137,10 @@ def write_outputs(trials: list, sweep: SweepConfig, base: dict, sweep_dir: Path)
     best = ([r for r in ranked if r["status"] == "done"] or ranked)[0]
     by_id = {t.trial_id: t for t in trials}
     write_best_config(best, by_id[best["trial"]], sweep, base, sweep_dir / "best_config.yaml")
+    why = ""
+    if best is not ranked[0]:  # Ray's "Current best trial" line ranks every trial by its last report
+        why = (f" (the best trial that ran all its steps; Ray's 'Current best trial' is {ranked[0]['trial']}, "
+               f"stopped early at step {ranked[0]['step']}: its {sweep.metric} is from fewer steps)")
     return SweepSummary(f"sweep finished ({tally}). Best: trial {best['trial']} {sweep.metric}="
-                        f"{_fmt(best[sweep.metric])}. Table: {sweep_dir / 'results.md'}; best config: "
+                        f"{_fmt(best[sweep.metric])}{why}. Table: {sweep_dir / 'results.md'}; best config: "
                         f"{sweep_dir / 'best_config.yaml'}", 0)

@@ -24,15 +24,15 @@ import yaml
 import capsgan_dist
 from capsgan_dist.config import Config, load_config, replace, to_dict
 from capsgan_dist.errors import ConfigError, UserError
-from capsgan_dist.sweep_config import (
+from capsgan_dist.sweep.config import (
     SweepConfig,
     load_sweep_config,
     resolve_metric,
     spec_values_to_check,
     sweep_to_dict,
 )
-from capsgan_dist.sweep_report import write_outputs
-from capsgan_dist.tune_trial import run_trial, trial_config
+from capsgan_dist.sweep.report import write_outputs
+from capsgan_dist.sweep.trial import run_trial, trial_config
 
 # Overrides whose first part is a training-config key go to the trials, the rest to the sweep (whose
 # own `name` wins).
