@@ -1,0 +1,130 @@
+"""Semi-supervised training through the real CLI: 1 process, bitwise resume, 2 gloo processes, the baseline."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO, run_capsgan
+from safetensors.torch import load_file
+
+from capsgan_dist.config import load_config
+from capsgan_dist.data import load_splits
+from capsgan_dist.models import build_discriminator, build_generator
+from capsgan_dist.semisup import to_unit
+
+CONFIG = REPO / "configs" / "semisup_debug.yaml"  # 20 steps, test error every 10, 128 test images
+QUIET = ("train.progress=false",)
+
+
+def _rows(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _evals(run: Path) -> dict[int, dict]:
+    return {r["step"]: r for r in _rows(run) if "eval/test_acc" in r}
+
+
+def _d_at(run: Path, step: int):
+    cfg = load_config(run / "config.yaml")
+    D = build_discriminator(cfg)
+    D.load_state_dict(load_file(str(run / "checkpoints" / f"step_{step:07d}" / "D" / "model.safetensors")))
+    return cfg, D.eval()
+
+
+@torch.no_grad()
+def _test_accuracy(run: Path, step: int) -> tuple[float, int]:
+    """The checkpointed D's accuracy on the whole test split, recomputed here in one process."""
+    cfg, D = _d_at(run, step)
+    splits = load_splits(cfg.data, cfg.seed)
+    right = (D(to_unit(splits.test_x)).argmax(-1) == splits.test_y).sum().item()
+    return right / len(splits.test_x), len(splits.test_x)
+
+
+@pytest.fixture(scope="module")
+def semisup_run(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("semisup") / "run"
+    proc = run_capsgan("train", str(CONFIG), f"train.run_dir={run}", *QUIET, timeout=300)
+    assert f"run finished: {run} (step 20)" in proc.stdout
+    assert "semi-supervised: synthetic: 384 train / 128 held out" in proc.stderr
+    return run
+
+
+def test_semisup_run_logs_its_losses_and_the_test_error_of_its_d(semisup_run):
+    rows = [r for r in _rows(semisup_run) if "loss_d" in r]
+    assert [r["step"] for r in rows] == [5, 10, 15, 20]
+    for r in rows:
+        for k in ("loss_sup", "loss_unsup", "acc_lab", "d_real", "d_fake", "loss_g"):
+            assert k in r, f"step {r['step']}: {k} missing"
+        assert 0 <= r["acc_lab"] <= 1 and r["loss_sup"] > 0
+    evals = _evals(semisup_run)
+    assert sorted(evals) == [10, 20]  # eval.every=10
+    for step, r in evals.items():
+        acc, n = _test_accuracy(semisup_run, step)
+        assert r["eval/test_n"] == n == 128
+        assert r["eval/test_acc"] == pytest.approx(acc) and r["eval/test_error"] == pytest.approx(1 - acc)
+
+
+def test_semisup_resume_matches_uninterrupted_run_bitwise(semisup_run, tmp_path):
+    """Stop after 7 steps (a D update done, its G update not yet), resume to 20: same bytes, same test error."""
+    run = tmp_path / "run"
+    run_capsgan("train", str(CONFIG), f"train.run_dir={run}", "train.steps=7", *QUIET, timeout=300)
+    proc = run_capsgan("train", "--resume", str(run), "train.steps=20", timeout=300)
+    assert "(step 20)" in proc.stdout
+    for step in ("step_0000010", "step_0000020"):
+        for part in ("G", "D"):
+            got = (run / "checkpoints" / step / part / "model.safetensors").read_bytes()
+            assert got == (semisup_run / "checkpoints" / step / part / "model.safetensors").read_bytes(), \
+                f"{step}/{part} weights differ from the uninterrupted run"
+    ref, got = _evals(semisup_run), _evals(run)
+    assert got[20] == ref[20] and got[10] == ref[10]
+    ref_rows = {r["step"]: r for r in _rows(semisup_run) if "loss_d" in r}
+    for r in _rows(run):
+        if r["step"] in (15, 20) and "loss_d" in r:
+            for k in ("loss_d", "loss_sup", "loss_unsup", "acc_lab", "loss_g"):
+                assert r[k] == ref_rows[r["step"]][k], f"step {r['step']}: {k}"
+
+
+@pytest.mark.slow
+def test_two_process_run_logs_the_test_accuracy_reduced_over_ranks(tmp_path):
+    run = tmp_path / "run"
+    proc = run_capsgan("train", str(CONFIG), f"train.run_dir={run}", "train.steps=4", "eval.every=2",
+                       "train.checkpoint_every=2", "train.log_every=2", *QUIET, nproc=2, timeout=420)
+    assert proc.returncode == 0 and "terminate called" not in proc.stderr
+    assert json.loads((run / "environment.json").read_text())["world_size"] == 2
+    evals = _evals(run)
+    assert sorted(evals) == [2, 4]
+    for step, r in evals.items():
+        acc, n = _test_accuracy(run, step)
+        # Each rank scored half of the 128 test images; the logged value counts both halves.
+        assert r["eval/test_n"] == n == 128
+        assert r["eval/test_acc"] == pytest.approx(acc)
+
+
+def test_supervised_only_baseline_trains_d_alone_and_never_g(tmp_path):
+    """loss.unsup_weight=0 with the conv D: labeled batches only, G stays at its initial weights."""
+    run = tmp_path / "run"
+    run_capsgan("train", str(CONFIG), f"train.run_dir={run}", "loss.unsup_weight=0", "model.discriminator=conv",
+                "loss.generator=nonsaturating", "train.steps=10", *QUIET, timeout=300)
+    cfg = load_config(run / "config.yaml")
+    torch.manual_seed(cfg.seed)
+    G0, D0 = build_generator(cfg), build_discriminator(cfg)  # the run's initial weights (train.py's order)
+    G = load_file(str(run / "checkpoints" / "step_0000010" / "G" / "model.safetensors"))
+    assert all(torch.equal(G[k], v) for k, v in G0.state_dict().items())
+    D = load_file(str(run / "checkpoints" / "step_0000010" / "D" / "model.safetensors"))
+    assert any(not torch.equal(D[k], v) for k, v in D0.state_dict().items())  # D did train
+    rows = [r for r in _rows(run) if "loss_d" in r]
+    assert rows and all("loss_g" not in r and "loss_unsup" not in r and r["loss_d"] == r["loss_sup"] for r in rows)
+    assert 10 in _evals(run)
+
+
+def test_semisup_bad_input_fails_in_one_line(tmp_path):
+    proc = run_capsgan("train", str(CONFIG), "model.n_caps=4", f"train.run_dir={tmp_path / 'r'}", check=False,
+                       timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "capsgan: error: model.n_caps=4: semi-supervised training reads one routed capsule per class and the "
+        "data has 10; set model.n_caps=10"]
+    assert not (tmp_path / "r").exists()
