@@ -128,3 +128,29 @@ def test_semisup_bad_input_fails_in_one_line(tmp_path):
         "capsgan: error: model.n_caps=4: semi-supervised training reads one routed capsule per class and the "
         "data has 10; set model.n_caps=10"]
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.slow
+def test_sweep_ranks_semisup_trials_by_test_error(tmp_path):
+    """`metric: eval/test_error`: two trials (ce vs margin), embedded Ray, table sorted by the reported error."""
+    pytest.importorskip("ray", reason="ray[tune] is an optional dependency (pip install -e .[tune])")
+    import csv
+
+    import yaml
+
+    spec = {"name": "ss", "base": str(CONFIG), "out_dir": str(tmp_path / "sweeps"), "trials": 1,
+            "overrides": ["train.steps=10", "eval.every=5", "train.checkpoint_every=10", "tracking.backend=local"],
+            "metric": "eval/test_error", "mode": "min", "scheduler": {"name": "fifo"}, "cpus_per_trial": 1,
+            "space": {"model.routing_iters": None, "optim.lr_d": None, "optim.lr_g": None,
+                      "loss.supervised": {"grid": ["ce", "margin"]}}}
+    path = tmp_path / "ss.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    proc = run_capsgan("sweep", str(path), timeout=300)
+    assert "sweep metric: eval/test_error (min)" in proc.stderr
+    with open(tmp_path / "sweeps" / "ss" / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 and {r["loss.supervised"] for r in rows} == {"ce", "margin"}
+    errors = [float(r["eval/test_error"]) for r in rows]
+    assert errors == sorted(errors)
+    for r in rows:  # each trial reported its own last evaluation
+        assert float(r["eval/test_error"]) == pytest.approx(_evals(Path(r["run_dir"]))[10]["eval/test_error"])

@@ -198,3 +198,29 @@ def test_eval_every_needs_a_classifier_only_outside_semisup():
     assert load_config(SEMISUP_DEBUG).eval.every == 10  # no classifier: D is scored itself
     with pytest.raises(ConfigError, match="eval.every>0 needs eval.classifier"):
         load_config(REPO / "configs" / "debug.yaml", ["eval.every=10"])
+
+
+# ---------------------------------------------------------------------------------------------
+# The sweep metric (imports kept here: the sweep modules may move into a package)
+
+
+def test_test_error_is_a_sweep_metric_only_for_semisup_trials_that_evaluate(tmp_path):
+    import yaml
+
+    from capsgan_dist.sweep_config import TEST_ERROR_METRIC, load_sweep_config, resolve_metric
+    from capsgan_dist.tune import resolve_base
+
+    def sweep(*overrides: str):
+        path = tmp_path / "s.yaml"
+        path.write_text(yaml.safe_dump({"base": str(SEMISUP_DEBUG), "metric": TEST_ERROR_METRIC,
+                                        "overrides": list(overrides)}))
+        s = load_sweep_config(path)
+        return resolve_metric(s, resolve_base(s))
+
+    assert sweep().metric == "eval/test_error" and sweep().mode == "min"  # no classifier needed
+    with pytest.raises(ConfigError, match="needs semi-supervised trials that evaluate"):
+        sweep("eval.every=0")
+    with pytest.raises(ConfigError, match="needs semi-supervised trials that evaluate"):
+        sweep("data.labels_per_class=0", "loss.generator=nonsaturating", "eval.every=0")
+    s = load_sweep_config(REPO / "configs" / "sweep_semisup.yaml")
+    assert (s.metric, s.mode) == ("eval/test_error", "min")
