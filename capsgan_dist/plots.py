@@ -42,7 +42,8 @@ def plot_curves(metrics_path: Path, out: Path) -> None:
 
     rows = read_metrics(metrics_path)
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    panels = [("Discriminator", ["loss_d", "acc_d"]), ("Generator", ["loss_g"]),
+    # acc_lab / eval/test_acc: semi-supervised runs' accuracy on labeled batches and on the test split.
+    panels = [("Discriminator", ["loss_d", "acc_d", "acc_lab", "eval/test_acc"]), ("Generator", ["loss_g"]),
               ("D outputs", ["d_real", "d_fake"])]
     for ax, (title, keys) in zip(axes, panels):
         for k in keys:
@@ -51,7 +52,8 @@ def plot_curves(metrics_path: Path, out: Path) -> None:
                 ax.plot(*zip(*pts), label=k)
         ax.set_title(title)
         ax.set_xlabel("step")
-        ax.legend(loc="best")
+        if ax.lines:  # a supervised-only baseline logs no G loss
+            ax.legend(loc="best")
         ax.grid(alpha=0.3)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
