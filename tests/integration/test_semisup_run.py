@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, run_capsgan
+from conftest import REPO, cli_env, run_capsgan
 from safetensors.torch import load_file
 
 from capsgan_dist.config import load_config
@@ -87,20 +89,39 @@ def test_semisup_resume_matches_uninterrupted_run_bitwise(semisup_run, tmp_path)
                 assert r[k] == ref_rows[r["step"]][k], f"step {r['step']}: {k}"
 
 
+def _wandb_history(run: Path) -> dict[int, dict]:
+    """History rows by step of the run's one offline W&B run, read with wandb's own reader (ENV-NOTES)."""
+    (offline,) = [d for d in (run / "wandb").iterdir() if d.is_dir() and d.name.startswith("offline-run-")]
+    out = subprocess.run([sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(offline)],
+                         capture_output=True, text=True, timeout=60, check=True).stdout
+    rows: dict[int, dict] = {}
+    for rec in (json.loads(line) for line in out.splitlines() if line.strip()):
+        if rec.get("type") == "history":
+            item = rec["history"]["item"]
+            rows.setdefault(item["_step"], {}).update(item)
+    return rows
+
+
 @pytest.mark.slow
 def test_two_process_run_logs_the_test_accuracy_reduced_over_ranks(tmp_path):
     run = tmp_path / "run"
+    env = cli_env(WANDB_CONFIG_DIR=str(tmp_path / "wc"), WANDB_CACHE_DIR=str(tmp_path / "wk"),
+                  WANDB_DATA_DIR=str(tmp_path / "wd"))
     proc = run_capsgan("train", str(CONFIG), f"train.run_dir={run}", "train.steps=4", "eval.every=2",
-                       "train.checkpoint_every=2", "train.log_every=2", *QUIET, nproc=2, timeout=420)
+                       "train.checkpoint_every=2", "train.log_every=2", "tracking.backend=wandb", *QUIET,
+                       nproc=2, timeout=420, env=env)
     assert proc.returncode == 0 and "terminate called" not in proc.stderr
     assert json.loads((run / "environment.json").read_text())["world_size"] == 2
     evals = _evals(run)
     assert sorted(evals) == [2, 4]
+    history = _wandb_history(run)
     for step, r in evals.items():
         acc, n = _test_accuracy(run, step)
         # Each rank scored half of the 128 test images; the logged value counts both halves.
         assert r["eval/test_n"] == n == 128
         assert r["eval/test_acc"] == pytest.approx(acc)
+        for k in ("eval/test_acc", "eval/test_error", "eval/test_n"):  # the same values reached W&B
+            assert history[step][k] == r[k], (step, k)
 
 
 def test_supervised_only_baseline_trains_d_alone_and_never_g(tmp_path):
