@@ -175,3 +175,19 @@ def test_sweep_ranks_semisup_trials_by_test_error(tmp_path):
     assert errors == sorted(errors)
     for r in rows:  # each trial reported its own last evaluation
         assert float(r["eval/test_error"]) == pytest.approx(_evals(Path(r["run_dir"]))[10]["eval/test_error"])
+
+
+def test_classifier_baseline_trains_on_the_runs_labeled_subset(tmp_path, mnist_dir):
+    """`classifier train --labels-per-class 2`: 20 images, the semi-supervised split's labeled ones."""
+    out = tmp_path / "lenet.safetensors"
+    proc = run_capsgan("classifier", "train", "--data", str(mnist_dir), "--arch", "lenet", "--labels-per-class", "2",
+                       "--seed", "4", "--split-seed", "0", "--epochs", "1", "--out", str(out), timeout=180)
+    assert "on 2000 held-out images" in proc.stdout
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert meta["dataset"]["n_train"] == 20 and meta["dataset"]["labels_per_class"] == 2
+    assert meta["dataset"]["n_test"] == 2000 and "(seed 0)" in meta["dataset"]["split"]
+    bad = run_capsgan("classifier", "train", "--data", str(mnist_dir), "--labels-per-class", "5000",
+                      "--out", str(tmp_path / "x"), check=False, timeout=120)
+    lines = bad.stderr.strip().splitlines()
+    assert bad.returncode == 2 and len(lines) == 1
+    assert lines[0].startswith("capsgan: error: --labels-per-class=5000: class 0 has only")
