@@ -126,7 +126,7 @@ def _train(cfg: Config, dist: Dist, require_checkpoint: bool,
     # Data before the run folder: a data error leaves no empty run behind. Semi-supervised runs
     # (data.labels_per_class > 0) split it, and the GAN's real images are the unlabeled split.
     splits = load_splits(cfg.data, cfg.seed) if cfg.data.labels_per_class else None
-    dataset = TensorImages(splits.unlabeled_x) if splits else build_dataset(cfg.data)
+    dataset = TensorImages(splits.unlabeled_x) if splits is not None else build_dataset(cfg.data)
     run_dir = _run_dir(cfg, dist)
     mhash = model_hash(cfg)
 
@@ -211,7 +211,7 @@ def _train(cfg: Config, dist: Dist, require_checkpoint: bool,
 
         graphed = GraphedSteps(cfg, dist, G, D, opt_g, opt_d, real_batches, clip)
         d_step, g_step = graphed.d_step, graphed.g_step
-    if splits:  # D also classifies: steps with labeled batches, and the test error (semisup.py)
+    if splits is not None:  # D also classifies: steps with labeled batches, and the test error (semisup.py)
         from capsgan_dist.semisup import SemiSupervised
 
         semi = SemiSupervised(cfg, dist, splits, G, D, D_plain, opt_g, opt_d, real_batches, clip, _step)
