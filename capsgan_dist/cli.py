@@ -72,7 +72,8 @@ def _classifier_train(args: argparse.Namespace) -> int:
     from capsgan_dist.metrics.classifier import train_classifier
 
     meta = train_classifier(Path(args.data), args.arch, Path(args.out), args.epochs, args.batch, args.lr,
-                            args.seed, args.holdout)
+                            args.seed, args.holdout, labels_per_class=args.labels_per_class,
+                            split_seed=args.split_seed)
     print(f"wrote {args.out}: {meta['arch']} accuracy {meta['accuracy']:.4f} on {meta['dataset']['n_test']} "
           f"held-out images ({meta['dataset']['split']})")
     return 0
@@ -144,6 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
     ct.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     ct.add_argument("--seed", type=int, default=0, help="seed of weights, order and the held-out split")
     ct.add_argument("--holdout", type=int, default=2000, help="held-out images when the folder has one split")
+    ct.add_argument("--split-seed", type=int, default=None, help="seed of that held-out split (default: --seed)")
+    ct.add_argument("--labels-per-class", type=int, default=0,
+                    help="train on this many images per class only, the labeled subset of a semi-supervised "
+                         "run with the same --seed (its supervised-only baseline); 0: all")
     ct.set_defaults(fn=_classifier_train)
 
     e = sub.add_parser("eval", help="FID/KID/IS/precision/recall of a run's checkpoints -> eval.json")

@@ -29,6 +29,7 @@ CAPSULE_G_KEYS = ("generator", "g_top_caps", "g_top_dim", "g_primary_channels", 
 # Names the metric registry (capsgan_dist.metrics) may register; listed here so that validating a
 # config imports no metric code (the metrics import this module, not the other way round).
 METRIC_NAMES = ("fid", "kid", "is", "pr")
+N_CLASSES = 10  # classes of every registered dataset (synthetic images get 10 too); idx data is checked on load
 
 
 def _choice(section: str, name: str, value: Any, allowed: tuple) -> None:
@@ -61,6 +62,14 @@ class DataConfig:
     """Number of images in the synthetic dataset."""
     num_workers: int = 0
     """DataLoader worker processes per rank."""
+    labels_per_class: int = 0
+    """Semi-supervised mode when > 0: this many labeled training images per class (a seeded, class-balanced
+    subset drawn with the run's `seed`); the rest of the training split is unlabeled (docs/semisup.md)."""
+    test_size: int = 2000
+    """Semi-supervised: images held out as the test split when the data has one split (MNIST here: the
+    8,000/2,000 split the classifiers use); data with an official test split (Fashion-MNIST) uses that."""
+    split_seed: int = 0
+    """Semi-supervised: seed of that held-out split, the same for every run (0: the classifiers' split)."""
 
     def __post_init__(self) -> None:
         _choice("data", "name", self.name, DATASETS)
@@ -73,6 +82,8 @@ class DataConfig:
         _choice("data", "channels", self.channels, (1, 3))
         _positive("data", "synthetic_size", self.synthetic_size, 1, strict=False)
         _positive("data", "num_workers", self.num_workers, 0, strict=False)
+        _positive("data", "labels_per_class", self.labels_per_class, 0, strict=False)
+        _positive("data", "test_size", self.test_size, 1, strict=False)
         if self.name == "idx" and not self.root:
             raise ConfigError("data.name=idx needs data.root=<folder with *-images-idx3-ubyte.gz>")
 
@@ -152,7 +163,14 @@ class LossConfig:
     gan: str = "bce"
     """bce (the paper) | margin (capsule margin loss on D's probability)."""
     generator: str = "nonsaturating"
-    """nonsaturating (-log D(G(z))) | minimax (the paper's log(1 - D(G(z))))."""
+    """nonsaturating (-log D(G(z))) | minimax (the paper's log(1 - D(G(z)))) | feature_matching
+    (semi-supervised only: match D's mean features on real and generated images, Salimans et al. 2016)."""
+    supervised: str = "ce"
+    """Semi-supervised loss on labeled images: ce (cross-entropy over D's K class logits) | margin
+    (Sabour et al.'s margin loss on the class lengths sigmoid(l_k), the capsule lengths for the capsule D)."""
+    unsup_weight: float = 1.0
+    """Semi-supervised: weight of the real/fake loss next to the supervised one; 0 trains D on the labeled
+    images alone (no GAN: the supervised-only baseline, G untouched)."""
     m_pos: float = 0.9
     """Margin loss m+ (Sabour et al.)."""
     m_neg: float = 0.1
@@ -162,7 +180,9 @@ class LossConfig:
 
     def __post_init__(self) -> None:
         _choice("loss", "gan", self.gan, ("bce", "margin"))
-        _choice("loss", "generator", self.generator, ("nonsaturating", "minimax"))
+        _choice("loss", "generator", self.generator, ("nonsaturating", "minimax", "feature_matching"))
+        _choice("loss", "supervised", self.supervised, ("ce", "margin"))
+        _positive("loss", "unsup_weight", self.unsup_weight, 0, strict=False)
         if not 0.0 <= self.m_neg < self.m_pos <= 1.0:
             raise ConfigError("loss.m_neg and loss.m_pos must satisfy 0 <= m_neg < m_pos <= 1")
 
@@ -199,6 +219,8 @@ class TrainConfig:
     """Real images per device in a D batch (paper: 16)."""
     batch_fake: int = 16
     """Generated images per device in a D batch (paper: 16); a G step uses real+fake noise."""
+    batch_labeled: int = 16
+    """Semi-supervised: labeled images per device in a D batch (next to batch_real unlabeled ones)."""
     schedule: str = "alternate"
     """alternate (paper: D on even steps, G on odd) | both (D then G every step)."""
     mixed_precision: str = "no"
@@ -227,7 +249,7 @@ class TrainConfig:
     """Seconds between progress lines when stderr is not a terminal (a log file, a batch job)."""
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_real", "batch_fake", "log_every", "sample_every",
+        for name in ("steps", "batch_real", "batch_fake", "batch_labeled", "log_every", "sample_every",
                      "checkpoint_every", "keep_checkpoints", "n_samples", "max_nonfinite"):
             _positive("train", name, getattr(self, name), 1, strict=False)
         _positive("train", "progress_every_s", self.progress_every_s, 0, strict=False)
@@ -292,8 +314,6 @@ class EvalConfig:
                               f"than eval.pr_k={self.pr_k}; use eval.n>={max(2, self.pr_k + 1)}")
         for m in self.metrics:
             _choice("eval", "metrics", m, METRIC_NAMES)
-        if self.every and not self.classifier:
-            raise ConfigError("eval.every>0 needs eval.classifier=<file from `capsgan classifier train`>")
 
 
 @dataclass(frozen=True)
@@ -328,6 +348,18 @@ class Config:
 
     def __post_init__(self) -> None:
         _choice("", "resume", self.resume, ("none", "auto"))
+        semisup = self.data.labels_per_class > 0
+        if self.eval.every and not (self.eval.classifier or semisup):  # semi-supervised runs score D alone
+            raise ConfigError("eval.every>0 needs eval.classifier=<file from `capsgan classifier train`>")
+        if self.loss.generator == "feature_matching" and not semisup:
+            raise ConfigError("loss.generator=feature_matching is a semi-supervised option; set "
+                              "data.labels_per_class=N or choose loss.generator=nonsaturating")
+        if semisup and self.model.discriminator == "capsule" and self.model.n_caps != N_CLASSES:
+            raise ConfigError(f"model.n_caps={self.model.n_caps}: semi-supervised training reads one routed "
+                              f"capsule per class and the data has {N_CLASSES}; set model.n_caps={N_CLASSES}")
+        if semisup and self.perf.cuda_graphs:
+            raise ConfigError("perf.cuda_graphs=true does not capture the semi-supervised steps; "
+                              "set perf.cuda_graphs=false")
         _check_model_shapes(self.data, self.model)
 
 
@@ -451,6 +483,8 @@ def model_hash(cfg: Config) -> str:
             del model[key]
     shape_keys = {"model": model, "image_size": cfg.data.image_size,
                   "channels": cfg.data.channels}
+    if cfg.data.labels_per_class:  # K-output D (semi-supervised); absent otherwise, so older hashes hold
+        shape_keys["classes"] = N_CLASSES
     return hashlib.sha256(json.dumps(shape_keys, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -2,6 +2,8 @@
 
 Registry: synthetic (procedural, any size), idx (a folder of IDX .gz files), and mnist,
 fashion_mnist, cifar10 through torchvision (which downloads only when the machine is online).
+Semi-supervised runs (data.labels_per_class > 0) split the labelled data three ways: a
+class-balanced labeled subset, the unlabeled rest of the training split, and a test split.
 """
 
 from __future__ import annotations
@@ -12,13 +14,14 @@ import math
 import struct
 import zlib
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from capsgan_dist.config import DataConfig
+from capsgan_dist.config import N_CLASSES, DataConfig
 from capsgan_dist.errors import DataError
 
 HOW_TO_GET = (
@@ -44,6 +47,11 @@ class TensorImages(Dataset):
 
 def synthetic_images(n: int, size: int, channels: int, seed: int = 1234) -> torch.Tensor:
     """Deterministic procedural images: a bright ring of random centre/radius plus a bar, uint8."""
+    return synthetic_labeled(n, size, channels, seed)[0]
+
+
+def synthetic_labeled(n: int, size: int, channels: int, seed: int = 1234) -> tuple[torch.Tensor, torch.Tensor]:
+    """`synthetic_images` and a class per image: which of N_CLASSES equal bins the bar's column falls in."""
     g = torch.Generator().manual_seed(seed)
     yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
     cx = (torch.rand(n, 1, 1, generator=g) * 0.4 + 0.3) * size
@@ -55,7 +63,8 @@ def synthetic_images(n: int, size: int, channels: int, seed: int = 1234) -> torc
     bar = torch.exp(-((xx - bar_x) ** 2) / (2 * (0.04 * size) ** 2)) * (yy > size * 0.5)
     img = torch.clamp(ring + 0.7 * bar, 0, 1)  # (n, H, W)
     tint = torch.rand(n, channels, 1, 1, generator=g) * 0.5 + 0.5 if channels > 1 else torch.ones(n, 1, 1, 1)
-    return (img.unsqueeze(1) * tint * 255).round().to(torch.uint8)
+    labels = ((bar_x.view(n) / size - 0.2) / 0.6 * N_CLASSES).long().clamp(0, N_CLASSES - 1)
+    return (img.unsqueeze(1) * tint * 255).round().to(torch.uint8), labels
 
 
 def read_idx_images(path: Path) -> torch.Tensor:
@@ -117,19 +126,24 @@ def _idx_file(root: Path, split: str) -> Path:
     raise DataError(f"no {want} in {root}; {HOW_TO_GET}")
 
 
-def _torchvision(cfg: DataConfig) -> torch.Tensor:
+def _torchvision(cfg: DataConfig, train: bool | None = None) -> torch.Tensor:
+    return _torchvision_labeled(cfg, train)[0]
+
+
+def _torchvision_labeled(cfg: DataConfig, train: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     import torchvision.datasets as tvd
 
     cls = {"mnist": tvd.MNIST, "fashion_mnist": tvd.FashionMNIST, "cifar10": tvd.CIFAR10}[cfg.name]
     root = cfg.root or "data"
-    train = cfg.split != "test"
+    train = cfg.split != "test" if train is None else train
     try:
         ds = cls(root, train=train, download=True)
     except Exception as e:  # torchvision raises many kinds here (URLError, RuntimeError, ...)
         raise DataError(f"cannot load {cfg.name} from {root} or download it ({type(e).__name__}: "
                         f"{str(e).splitlines()[0] if str(e) else ''}); {HOW_TO_GET}") from None
     data = torch.as_tensor(np.asarray(ds.data))
-    return data.permute(0, 3, 1, 2).contiguous() if data.ndim == 4 else data.unsqueeze(1)
+    images = data.permute(0, 3, 1, 2).contiguous() if data.ndim == 4 else data.unsqueeze(1)
+    return images, torch.as_tensor(np.asarray(ds.targets), dtype=torch.long)
 
 
 def load_images(cfg: DataConfig, seed: int = 1234) -> torch.Tensor:
@@ -140,12 +154,16 @@ def load_images(cfg: DataConfig, seed: int = 1234) -> torch.Tensor:
         images = read_idx_images(_idx_file(Path(cfg.root), cfg.split))
     else:
         images = _torchvision(cfg)
+    _check_shape(images, cfg)
+    return images
+
+
+def _check_shape(images: torch.Tensor, cfg: DataConfig) -> None:
     _, c, h, w = images.shape
     if (c, h, w) != (cfg.channels, cfg.image_size, cfg.image_size):
         raise DataError(
             f"{cfg.name} images are {c}x{h}x{w} (CxHxW) but the model is configured for "
             f"{cfg.channels}x{cfg.image_size}x{cfg.image_size}; set data.channels={c} data.image_size={h}")
-    return images
 
 
 def fingerprint(images: torch.Tensor) -> str:
@@ -185,3 +203,102 @@ class EpochShuffle(Sampler[int]):
 def batches_per_epoch(n: int, batch: int, world: int) -> int:
     """Full batches each rank gets per epoch when `world` ranks split n items (drop_last)."""
     return math.floor(n / (batch * world))
+
+
+# ---------------------------------------------------------------------------------------------
+# Semi-supervised splits
+
+
+def holdout_indices(n: int, holdout: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train, test) indices of a seeded random hold-out of `holdout` of n items (the classifiers' split)."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return perm[holdout:], perm[:holdout]
+
+
+def balanced_subset(labels: torch.Tensor, per_class: int, seed: int,
+                    n_classes: int = N_CLASSES) -> tuple[torch.Tensor, torch.Tensor]:
+    """(labeled, unlabeled) positions in `labels`: `per_class` seeded random items of each class, and the rest."""
+    g = torch.Generator().manual_seed(seed)
+    chosen = []
+    for c in range(n_classes):
+        members = (labels == c).nonzero().view(-1)
+        if len(members) < per_class:
+            raise DataError(f"data.labels_per_class={per_class}: class {c} has only {len(members)} training "
+                            f"images; use data.labels_per_class<={len(members)}")
+        chosen.append(members[torch.randperm(len(members), generator=g)[:per_class]])
+    labeled = torch.cat(chosen).sort().values
+    rest = torch.ones(len(labels), dtype=torch.bool)
+    rest[labeled] = False
+    return labeled, rest.nonzero().view(-1)
+
+
+@dataclass(frozen=True)
+class SemiSupSplits:
+    """Labeled, unlabeled and test images (uint8 (N, C, H, W)) with labels, and where each came from."""
+
+    labeled_x: torch.Tensor
+    labeled_y: torch.Tensor
+    unlabeled_x: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    train_src: torch.Tensor
+    """Positions in the source file of the training pool (all of it with an official test split)."""
+    labeled_pos: torch.Tensor
+    """Positions of the labeled images in the training pool; the unlabeled ones are the others."""
+    test_src: torch.Tensor | None
+    """Positions of the held-out test images in the same source file; None: an official test file."""
+    info: str
+    """One line saying how the data was split."""
+
+
+def _labeled_source(cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor, tuple | None, str]:
+    """Training images and labels, the official test split if there is one, and the source's name."""
+    if cfg.name == "synthetic":
+        x, y = synthetic_labeled(cfg.synthetic_size, cfg.image_size, cfg.channels)
+        return x, y, None, "synthetic"
+    if cfg.name == "idx":
+        root = Path(cfg.root)
+        x, y, split = load_idx_labeled(root, "auto")
+        if split == "train":
+            try:
+                tx, ty, _ = load_idx_labeled(root, "test")
+                return x, y, (tx, ty), f"{root} train"
+            except DataError:
+                pass
+        return x, y, None, f"{root} {split}"
+    x, y = _torchvision_labeled(cfg, train=True)
+    return x, y, _torchvision_labeled(cfg, train=False), f"{cfg.name} train"
+
+
+def load_splits(cfg: DataConfig, seed: int) -> SemiSupSplits:
+    """Labeled (class-balanced, seeded by `seed`), unlabeled and test splits for semi-supervised training.
+
+    The test split is the official one where the data has it, else a `cfg.test_size` hold-out drawn
+    with `cfg.split_seed` (the same one `capsgan classifier train` uses); it is never trained on.
+    """
+    x, y, official, source = _labeled_source(cfg)
+    _check_shape(x, cfg)
+    if official is not None:
+        test_x, test_y = official
+        train_src, test_src = torch.arange(len(x)), None
+        how = f"{source} ({len(x)}) -> official test split ({len(test_x)})"
+    else:
+        if not 0 < cfg.test_size < len(x):
+            raise DataError(f"data.test_size={cfg.test_size} must be between 1 and {len(x) - 1} ({source} has "
+                            f"{len(x)} images and no test split of its own)")
+        train_src, test_src = holdout_indices(len(x), cfg.test_size, cfg.split_seed)
+        test_x, test_y = x[test_src], y[test_src]
+        how = (f"{source}: {len(train_src)} train / {len(test_src)} held out "
+               f"(data.split_seed={cfg.split_seed})")
+    classes = int(max(y.max(), test_y.max())) + 1
+    if classes != N_CLASSES:
+        raise DataError(f"{source} has {classes} classes; semi-supervised training supports {N_CLASSES}")
+    pool_y = y[train_src]
+    labeled, unlabeled = balanced_subset(pool_y, cfg.labels_per_class, seed)
+    if len(unlabeled) == 0:
+        raise DataError(f"data.labels_per_class={cfg.labels_per_class} labels every training image; "
+                        "leave some unlabeled with a smaller value")
+    pool_x = x[train_src]
+    how += f"; {len(labeled)} labeled ({cfg.labels_per_class} per class, seed {seed}), {len(unlabeled)} unlabeled"
+    return SemiSupSplits(pool_x[labeled], pool_y[labeled], pool_x[unlabeled], test_x, test_y,
+                         train_src, labeled, test_src, how)

@@ -2,6 +2,10 @@
 
 D returns logits; its probability is sigmoid(logit). BCE uses the log-sigmoid form (autocast-safe);
 the margin loss is applied to the probability, reading it as a 1-capsule "length".
+
+Semi-supervised mode (Salimans et al. 2016, sec. 5): D returns K class logits l_k; labeled images
+get a classification loss on them, and unlabeled real and generated images the GAN loss above on
+D(x) = Z(x) / (Z(x) + 1), Z = sum_k exp(l_k), i.e. on the single logit log Z(x).
 """
 
 from __future__ import annotations
@@ -51,3 +55,46 @@ def d_accuracy(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Te
     """Fraction of the batch D classifies right (real: D(x) > 0.5, fake: D(G(z)) < 0.5)."""
     right = (logits_real > 0).sum() + (logits_fake < 0).sum()
     return right.float() / (logits_real.numel() + logits_fake.numel())
+
+
+# ---------------------------------------------------------------------------------------------
+# Semi-supervised (K class logits)
+
+
+def real_logit(class_logits: torch.Tensor) -> torch.Tensor:
+    """log Z(x) = logsumexp_k l_k (B,): sigmoid of it is D(x) = Z / (Z + 1) (Salimans et al. 2016, sec. 5)."""
+    return torch.logsumexp(class_logits.float(), dim=-1)
+
+
+def supervised_loss(class_logits: torch.Tensor, labels: torch.Tensor, cfg: LossConfig) -> torch.Tensor:
+    """Mean loss of labeled images: cross-entropy over the K logits, or the margin loss on sigmoid(l_k)."""
+    logits = class_logits.float()
+    if cfg.supervised == "ce":
+        return F.cross_entropy(logits, labels)
+    onehot = F.one_hot(labels, logits.shape[-1]).to(logits.dtype)
+    return margin_loss(torch.sigmoid(logits), onehot, cfg.m_pos, cfg.m_neg, cfg.lam).mean()  # Sabour eq. 4
+
+
+def semisup_d_loss(logits_lab: torch.Tensor, labels: torch.Tensor, logits_unl: torch.Tensor | None,
+                   logits_fake: torch.Tensor | None, cfg: LossConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """L = L_supervised + unsup_weight * L_unsupervised (Salimans et al. 2016, sec. 5) and its two parts.
+
+    L_unsupervised is `d_loss` on log Z of the unlabeled (target real) and generated (target fake)
+    images; with no unlabeled or generated logits (unsup_weight=0) only the supervised part is left.
+    """
+    sup = supervised_loss(logits_lab, labels, cfg)
+    if logits_unl is None or logits_fake is None:
+        return sup, {"loss_sup": sup}
+    unsup = d_loss(real_logit(logits_unl), real_logit(logits_fake), cfg)
+    return sup + cfg.unsup_weight * unsup, {"loss_sup": sup, "loss_unsup": unsup}
+
+
+def feature_matching_loss(feats_real: torch.Tensor, feats_fake: torch.Tensor) -> torch.Tensor:
+    """||E f(x) - E f(G(z))||^2 / F over F features (Salimans et al. 2016, sec. 3.1); real features detached."""
+    diff = feats_real.detach().float().mean(0) - feats_fake.float().mean(0)
+    return (diff * diff).mean()
+
+
+def class_accuracy(class_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Fraction of images whose largest class logit is their label."""
+    return (class_logits.argmax(-1) == labels).float().mean()

@@ -35,7 +35,8 @@ def read_metrics(path: Path) -> list[dict]:
 
 # (title, metrics.jsonl keys, y-axis label) of each curves.png panel (the paper's Figures 8-9).
 CURVE_PANELS = [
-    ("Discriminator", ["loss_d", "acc_d"], "loss (loss.gan) / accuracy"),
+    # acc_lab / eval/test_acc: semi-supervised runs' accuracy on labeled batches and on the test split.
+    ("Discriminator", ["loss_d", "acc_d", "acc_lab", "eval/test_acc"], "loss (loss.gan) / accuracy"),
     ("Generator", ["loss_g"], "loss (loss.generator)"),
     ("D outputs", ["d_real", "d_fake"], "mean D probability of 'real'"),
 ]
@@ -57,7 +58,8 @@ def curves_figure(rows: list[dict]):
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.set_ylabel(ylabel)
-        ax.legend(loc="best")
+        if ax.lines:  # a supervised-only baseline logs no G loss
+            ax.legend(loc="best")
         ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig

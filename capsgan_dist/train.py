@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 from capsgan_dist import checkpoint, losses, plots
 from capsgan_dist import probe as debug_probe
 from capsgan_dist.config import Config, model_hash, to_dict, to_yaml
-from capsgan_dist.data import EpochShuffle, build_dataset
+from capsgan_dist.data import EpochShuffle, TensorImages, build_dataset, load_splits
 from capsgan_dist.dist import Dist, noise, scaled_lr, setup
 from capsgan_dist.errors import CheckpointError, NonFiniteError, UserError
 from capsgan_dist.metrics.evaluate import LoopEval
@@ -123,7 +123,10 @@ def _train(cfg: Config, dist: Dist, require_checkpoint: bool,
            on_log: Callable[[int, dict[str, float]], None] | None) -> dict:
     t = cfg.train
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-    dataset = build_dataset(cfg.data)  # before the run folder: a data error leaves no empty run behind
+    # Data before the run folder: a data error leaves no empty run behind. Semi-supervised runs
+    # (data.labels_per_class > 0) split it, and the GAN's real images are the unlabeled split.
+    splits = load_splits(cfg.data, cfg.seed) if cfg.data.labels_per_class else None
+    dataset = TensorImages(splits.unlabeled_x) if splits is not None else build_dataset(cfg.data)
     run_dir = _run_dir(cfg, dist)
     mhash = model_hash(cfg)
 
@@ -209,6 +212,13 @@ def _train(cfg: Config, dist: Dist, require_checkpoint: bool,
 
         graphed = GraphedSteps(cfg, dist, G, D, opt_g, opt_d, real_batches, clip)
         d_step, g_step = graphed.d_step, graphed.g_step
+    if splits is not None:  # D also classifies: steps with labeled batches, and the test error (semisup.py)
+        from capsgan_dist.semisup import SemiSupervised
+
+        semi = SemiSupervised(cfg, dist, splits, G, D, D_plain, opt_g, opt_d, real_batches, clip, _step)
+        d_step, g_step, evaluate = semi.d_step, semi.g_step, semi.with_test_error(evaluate)
+        if dist.is_main:
+            print(f"capsgan: semi-supervised: {splits.info}", file=sys.stderr)
 
     # The loop.
     bar = Progress(t.steps, start, run_dir.name, dist.is_main and t.progress, t.progress_every_s)

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from capsgan_dist.data import fingerprint, load_idx_labeled
+from capsgan_dist.data import balanced_subset, fingerprint, holdout_indices, load_idx_labeled
 from capsgan_dist.errors import CheckpointError, DataError, UserError
 from capsgan_dist.models.classifiers import CLASSIFIERS
 from capsgan_dist.shapes import min_classifier_image
@@ -49,8 +49,7 @@ def labelled_split(root: Path, holdout: int, seed: int) -> tuple[torch.Tensor, .
     if not 0 < holdout < len(images):
         raise UserError(f"--holdout {holdout} must be between 1 and {len(images) - 1} "
                         f"({root} has one split, {name}, of {len(images)} images)")
-    perm = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
-    test, train = perm[:holdout], perm[holdout:]
+    train, test = holdout_indices(len(images), holdout, seed)
     info = {"split": f"{name} only: seeded random {len(train)} train / {holdout} held out (seed {seed})",
             "n_train": len(train), "n_test": holdout, "fingerprints": [fingerprint(images)]}
     return images[train], labels[train], images[test], labels[test], info
@@ -69,13 +68,27 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 50
 
 def train_classifier(data: Path, arch: str, out: Path, epochs: float = 5, batch: int = 64, lr: float = 1e-3,
                      seed: int = 0, holdout: int = 2000, arch_kwargs: dict | None = None,
-                     log=print) -> dict:
-    """Train `arch` on the IDX folder `data`, save it to `out`; returns the saved metadata."""
+                     log=print, labels_per_class: int = 0, split_seed: int | None = None) -> dict:
+    """Train `arch` on the IDX folder `data`, save it to `out`; returns the saved metadata.
+
+    labels_per_class > 0 trains on the class-balanced labeled subset a semi-supervised run with the
+    same seed draws (data.labels_per_class): the supervised-only baseline. split_seed (default: seed)
+    draws the held-out split of a one-split folder, as data.split_seed does.
+    """
     if arch not in CLASSIFIERS:
         raise UserError(f"--arch {arch!r} is not known; choose one of {', '.join(CLASSIFIERS)}")
-    if epochs <= 0 or batch < 1 or lr <= 0:
-        raise UserError(f"--epochs ({epochs}), --batch ({batch}) and --lr ({lr}) must be positive")
-    train_x, train_y, test_x, test_y, info = labelled_split(Path(data), holdout, seed)
+    if epochs <= 0 or batch < 1 or lr <= 0 or labels_per_class < 0:
+        raise UserError(f"--epochs ({epochs}), --batch ({batch}) and --lr ({lr}) must be positive, "
+                        f"--labels-per-class ({labels_per_class}) >= 0")
+    train_x, train_y, test_x, test_y, info = labelled_split(Path(data), holdout,
+                                                            seed if split_seed is None else split_seed)
+    if labels_per_class:
+        try:
+            keep = balanced_subset(train_y, labels_per_class, seed)[0]
+        except DataError as e:  # names the training key; here the option is the fix
+            raise UserError(str(e).replace("data.labels_per_class", "--labels-per-class")) from None
+        train_x, train_y = train_x[keep], train_y[keep]
+        info = {**info, "n_train": len(keep), "labels_per_class": labels_per_class}
     _, c, h, w = train_x.shape
     if min(h, w) < min_classifier_image(arch):
         raise UserError(f"--arch {arch} needs images of at least {min_classifier_image(arch)}x"

@@ -129,7 +129,8 @@ class LoopEval:
     """Training-loop hook: every eval.every steps all ranks sample, the main process scores and logs."""
 
     def __init__(self, cfg: Config, dist) -> None:
-        self.cfg, self.dist, self.every = cfg, dist, cfg.eval.every
+        # No classifier: nothing to score here (a semi-supervised run still evaluates its D).
+        self.cfg, self.dist, self.every = cfg, dist, cfg.eval.every if cfg.eval.classifier else 0
         if not self.every:
             return
         per_rank = math.ceil(cfg.eval.n / dist.world)

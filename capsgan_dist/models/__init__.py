@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from capsgan_dist.config import Config
+from capsgan_dist.config import N_CLASSES, Config
 from capsgan_dist.models.capsule_generator import CapsuleGenerator
+from capsgan_dist.models.class_discriminators import CapsuleClassDiscriminator, ConvClassDiscriminator
 from capsgan_dist.models.discriminators import CapsuleDiscriminator, ConvDiscriminator
 from capsgan_dist.models.generators import Generator
 
@@ -22,8 +23,17 @@ def build_generator(cfg: Config) -> nn.Module:
 
 
 def build_discriminator(cfg: Config) -> nn.Module:
-    """The capsule discriminator, or the DCGAN conv baseline when model.discriminator=conv."""
+    """The capsule discriminator, or the DCGAN conv baseline when model.discriminator=conv.
+
+    Semi-supervised runs (data.labels_per_class > 0) get the same D with N_CLASSES class logits.
+    """
     m, d = cfg.model, cfg.data
+    if d.labels_per_class and m.discriminator == "conv":
+        return ConvClassDiscriminator(d.image_size, d.channels, tuple(m.d_widths), N_CLASSES)
+    if d.labels_per_class:
+        return CapsuleClassDiscriminator(d.image_size, d.channels, m.conv1_channels, m.conv1_kernel,
+                                         m.primary_kernel, m.primary_channels, m.primary_dim, N_CLASSES,
+                                         m.caps_dim, m.routing_iters, m.routing_grad, cfg.perf.routing)
     if m.discriminator == "conv":
         return ConvDiscriminator(d.image_size, d.channels, tuple(m.d_widths))
     return CapsuleDiscriminator(d.image_size, d.channels, m.conv1_channels, m.conv1_kernel,
@@ -54,5 +64,6 @@ def model_summary(cfg: Config) -> dict[str, int]:
             "flops_g": forward_flops(G, z), "flops_d": forward_flops(D, x)}
 
 
-__all__ = ["CapsuleDiscriminator", "CapsuleGenerator", "ConvDiscriminator", "Generator", "build_generator",
-           "build_discriminator", "count_params", "forward_flops", "model_summary"]
+__all__ = ["CapsuleClassDiscriminator", "CapsuleDiscriminator", "CapsuleGenerator", "ConvClassDiscriminator",
+           "ConvDiscriminator", "Generator", "build_generator", "build_discriminator", "count_params",
+           "forward_flops", "model_summary"]

@@ -27,6 +27,7 @@ SCHEDULERS = ("asha", "pbt", "fifo")
 AUTO_METRIC = "auto"
 FID_METRIC = "eval/fid"
 PROXY_METRIC = "proxy_d_gap"
+TEST_ERROR_METRIC = "eval/test_error"  # semi-supervised runs: D's error on the test split
 
 
 def _default_space() -> dict[str, Any]:
@@ -218,7 +219,11 @@ def resolve_metric(sweep: SweepConfig, base: dict) -> SweepConfig:
             raise ConfigError("metric=auto ranks by FID or proxy_d_gap, both lower-is-better: drop mode=max "
                               "or name the metric")
         metric = FID_METRIC if ev["classifier"] else PROXY_METRIC
-    if metric.startswith("eval/"):
+    if metric in (TEST_ERROR_METRIC, "eval/test_acc"):  # scored by D itself: no classifier needed
+        if not base["data"]["labels_per_class"] or not ev["every"]:
+            raise ConfigError(f"metric {metric} needs semi-supervised trials that evaluate: add "
+                              "data.labels_per_class=N and eval.every=N to the sweep's overrides")
+    elif metric.startswith("eval/"):
         if not ev["classifier"] or not ev["every"]:
             raise ConfigError(f"metric {metric} needs the trials to evaluate: add eval.classifier=FILE (from "
                               "`capsgan classifier train`) and eval.every=N to the sweep's overrides")
