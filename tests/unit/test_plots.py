@@ -9,7 +9,8 @@ from PIL import Image
 
 from capsgan_dist.plots import CURVE_PANELS, curves_figure, plot_curves
 
-ROWS = [{"step": s, "loss_d": 0.7 - s / 100, "acc_d": 0.5 + s / 100, "loss_g": 0.8, "d_real": 0.6, "d_fake": 0.4}
+ROWS = [{"step": s, "loss_d": 0.7 - s / 100, "acc_d": 0.5 + s / 100, "loss_g": 0.8, "d_real": 0.6, "d_fake": 0.4,
+         "acc_lab": 0.3 + s / 100, "eval/test_acc": 0.2 + s / 100}  # the last two: semi-supervised runs
         for s in (10, 20, 30)]
 
 
