@@ -20,6 +20,7 @@ def _one_line_error(proc) -> str:
     (("train.batch_real=abc",), "train.batch_real"),
     (("data.name=imagenet",), "data.name"),
     (("model.n_caps=1",), "no-op"),
+    (("model.routing=em",), "model.primary_dim=4 does not fit model.routing=em"),
     (("model.routing_iters",), "key=value"),
 ])
 def test_bad_override_is_one_line_and_exit_2(tmp_path, args, needle):
