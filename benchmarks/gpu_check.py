@@ -259,7 +259,8 @@ def main() -> None:
 
     def grid():
         left = BUDGET_S - (time.perf_counter() - T_START)
-        step_py(["--batches", "32", "256", "1024", "--dtypes", "fp32", "bf16", "--repeats", "10"], "step_grid",
+        step_py(["--cases", "d", "d_ref", "d_einsum", "g", "gan", "dcgan", "--batches", "32", "256", "1024",
+                 "--dtypes", "fp32", "bf16", "--repeats", "10"], "step_grid",
                 max(60.0, left - 10))
 
     run_section("1. Environment", 5, env)

@@ -9,6 +9,8 @@ processes hits them alike; peak memory in one subprocess per case):
   d        D step alone (forward, backward, Adam) of the library's capsule D (fused routing)
   d_ref    the same step with benchmarks/reference_capsule.py (same weights): the baseline
   d_einsum the same step with perf.routing=einsum (the library's plain autograd routing)
+  d_em     the D step with model.routing=em (matrix capsules; model.primary_dim=16, EM routing_iters times)
+  d_attention  the D step with model.routing=attention (Efficient-CapsNet self-attention, one pass)
   g        G step: G forward, frozen capsule D forward, backward into G, Adam on G
   gan      one CapsuleGAN iteration as train.py runs it: D on B/2 real + B/2 fake, then G on B
   dcgan    the same iteration with the DCGAN conv discriminator (the paper's baseline)
@@ -47,9 +49,12 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CASES = ("d", "d_ref", "d_einsum", "g", "gan", "dcgan")
-CASES = (*DEFAULT_CASES, "gen_dcgan", "gen_caps", "capsg_capsd", "capsg_convd")
+CASES = (*DEFAULT_CASES, "d_em", "d_attention", "gen_dcgan", "gen_caps", "capsg_capsd", "capsg_convd")
 CAPSULE_G_CASES = ("gen_caps", "capsg_capsd", "capsg_convd")
 CONV_D_CASES = ("dcgan", "capsg_convd")
+# The D step with another routing kind (model.routing): the overrides that make it. em's 4x4 pose
+# matrices need 16-D primary capsules; the config's other sizes stay.
+ROUTING_CASES = {"d_em": ["model.routing=em", "model.primary_dim=16"], "d_attention": ["model.routing=attention"]}
 
 
 # ----------------------------------------------------------------------------- child: one case
@@ -93,6 +98,9 @@ def build_case(case: str, batch: int, device: str, dtype: str, compile_: bool, c
     if case in CONV_D_CASES:
         D = build_discriminator(cfg_conv)
         f_d = flops_of(D, x1)
+    elif case in ROUTING_CASES:  # one implementation each: its own FLOPs (matmuls, convs, einsums)
+        D = build_discriminator(load_config(config, ROUTING_CASES[case]))
+        f_d = flops_of(D, x1)
     else:
         D = build_discriminator(cfg)
         f_d = flops_of(build_discriminator(cfg_e), x1)
@@ -111,7 +119,7 @@ def build_case(case: str, batch: int, device: str, dtype: str, compile_: bool, c
     ac = lambda: _autocast(device, dtype)  # noqa: E731
     half = batch // 2
 
-    if case in ("d", "d_ref", "d_einsum"):
+    if case in ("d", "d_ref", "d_einsum", *ROUTING_CASES):
         x = torch.randn(batch, c, s, s, device=dev)
 
         def step():

@@ -71,10 +71,17 @@ def _report(args: argparse.Namespace) -> int:
 def _classifier_train(args: argparse.Namespace) -> int:
     from capsgan_dist.metrics.classifier import train_classifier
 
+    arch_kwargs = None
+    if args.routing != "dynamic":
+        if args.arch != "capsnet":
+            raise UserError(f"--routing {args.routing} needs --arch capsnet (LeNet has no capsules)")
+        # em's capsules are 4x4 pose matrices: 16-D primary capsules (class capsules are 16-D already).
+        arch_kwargs = {"routing": args.routing, **({"primary_dim": 16} if args.routing == "em" else {})}
     meta = train_classifier(Path(args.data), args.arch, Path(args.out), args.epochs, args.batch, args.lr,
-                            args.seed, args.holdout, labels_per_class=args.labels_per_class,
+                            args.seed, args.holdout, arch_kwargs, labels_per_class=args.labels_per_class,
                             split_seed=args.split_seed)
-    print(f"wrote {args.out}: {meta['arch']} accuracy {meta['accuracy']:.4f} on {meta['dataset']['n_test']} "
+    arch = meta["arch"] + (f" ({args.routing} routing)" if args.arch == "capsnet" else "")
+    print(f"wrote {args.out}: {arch} accuracy {meta['accuracy']:.4f} on {meta['dataset']['n_test']} "
           f"held-out images ({meta['dataset']['split']})")
     return 0
 
@@ -139,6 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     ct = csub.add_parser("train", help="train a classifier on a labelled IDX folder")
     ct.add_argument("--data", required=True, help="IDX folder with *-images-idx3-ubyte.gz and *-labels-idx1-ubyte.gz")
     ct.add_argument("--arch", default="lenet", choices=["lenet", "capsnet"], help="classifier architecture")
+    ct.add_argument("--routing", default="dynamic", choices=["dynamic", "em", "attention"],
+                    help="CapsNet routing between primary and class capsules (model.routing; docs/design.md)")
     ct.add_argument("--out", required=True, help="output .safetensors (a .json goes beside it)")
     ct.add_argument("--epochs", type=float, default=5, help="passes over the training images (fractions allowed)")
     ct.add_argument("--batch", type=int, default=64, help="batch size")

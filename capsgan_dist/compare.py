@@ -5,8 +5,8 @@ config (same generator, schedule, data and seeds; only the discriminator differs
 train longer with its own `train.steps=`), with the training-loop evaluation on, then writes under
 `out_dir`: compare.json (every value), table.md (mean +- std over seeds; the comparison points;
 GAM battles), fid.png and fid_cpu.png (FID vs step and vs training CPU-seconds), ablation.png
-(routing iterations), grid_step_XXXXXXX.png (fixed-noise samples side by side, paper Fig. 10) and
-grid_points.png (every seed at every comparison point).
+(routing iterations), routing.png (routing kinds), grid_step_XXXXXXX.png (fixed-noise samples side
+by side, paper Fig. 10) and grid_points.png (every seed at every comparison point).
 Finished runs are skipped, interrupted ones resumed from their newest checkpoint and GAM battles
 already fought are read back, so the command can simply be rerun.
 """
@@ -24,7 +24,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from capsgan_dist import checkpoint, compare_points, plots
-from capsgan_dist.config import Config, load_config
+from capsgan_dist.config import ROUTINGS, Config, load_config
 from capsgan_dist.errors import ConfigError, UserError
 
 TABLE_METRICS = ("fid", "kid", "is", "precision", "recall")
@@ -56,8 +56,11 @@ class CompareConfig:
     """Steps of the side-by-side sample grids (paper Fig. 10); steps beyond `steps` are left out."""
     routing_ablation: list[int] = field(default_factory=list)
     """Routing iterations to compare for `ablation_model` (e.g. [1, 2, 3, 5]); empty: no ablation."""
+    routing_kinds: list[str] = field(default_factory=list)
+    """Routing kinds (model.routing) to compare for `ablation_model`, e.g. [dynamic, em, attention]; empty:
+    none. em needs 16-D capsules: put model.primary_dim=16 in `overrides` so every kind gets the same sizes."""
     ablation_model: str = "capsgan"
-    """The model whose routing iterations the ablation varies."""
+    """The model whose routing iterations (and routing kinds) the ablations vary."""
     out_dir: str = "runs/compare"
     """Folder of the runs and the report."""
     points: dict[str, list[int]] = field(default_factory=dict)
@@ -81,7 +84,7 @@ class CompareConfig:
             raise ConfigError("compare needs at least one model and one seed")
         if self.steps < 1 or self.eval_every < 1 or self.eval_n < 2:
             raise ConfigError("compare: steps and eval_every must be >= 1 and eval_n >= 2")
-        if self.routing_ablation and self.ablation_model not in self.models:
+        if (self.routing_ablation or self.routing_kinds) and self.ablation_model not in self.models:
             raise ConfigError(f"compare: ablation_model={self.ablation_model!r} is not one of the models "
                               f"({', '.join(self.models)})")
         if any(r < 1 for r in self.routing_ablation):
@@ -96,6 +99,9 @@ class CompareConfig:
             raise ConfigError(f"compare: gam_models must name two models that have points, got {self.gam_models}")
         if self.gam_n < 1 or self.gam_tolerance < 0:
             raise ConfigError("compare: gam_n must be >= 1 and gam_tolerance >= 0")
+        for kind in self.routing_kinds:
+            if kind not in ROUTINGS:
+                raise ConfigError(f"compare: routing_kinds has {kind!r}; choose from {', '.join(ROUTINGS)}")
 
 
 def load_compare_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> CompareConfig:
@@ -123,19 +129,24 @@ class Variant:
 
     name: str
     overrides: list[str]
-    group: str  # "models" or "ablation"
+    group: str  # "models", "ablation" (routing iterations) or "routing" (routing kinds)
 
 
 def variants(cc: CompareConfig) -> list[Variant]:
     """The compared models, then the ablation's routing settings (reusing a model that matches)."""
     out = [Variant(name, list(ovs), "models") for name, ovs in cc.models.items()]
-    base_routing = _train_config(cc, cc.models.get(cc.ablation_model, []), cc.seeds[0], Path(".")).model.routing_iters
+    base = _train_config(cc, cc.models.get(cc.ablation_model, []), cc.seeds[0], Path(".")).model
+    model_ovs = list(cc.models.get(cc.ablation_model, []))
     for r in cc.routing_ablation:
-        if r == base_routing:  # the model run itself is this point of the ablation
-            out.append(Variant(cc.ablation_model, list(cc.models[cc.ablation_model]), "ablation"))
+        if r == base.routing_iters:  # the model run itself is this point of the ablation
+            out.append(Variant(cc.ablation_model, model_ovs, "ablation"))
         else:
-            out.append(Variant(f"{cc.ablation_model}_r{r}",
-                               [*cc.models[cc.ablation_model], f"model.routing_iters={r}"], "ablation"))
+            out.append(Variant(f"{cc.ablation_model}_r{r}", [*model_ovs, f"model.routing_iters={r}"], "ablation"))
+    for kind in cc.routing_kinds:
+        if kind == base.routing:
+            out.append(Variant(cc.ablation_model, model_ovs, "routing"))
+        else:
+            out.append(Variant(f"{cc.ablation_model}_{kind}", [*model_ovs, f"model.routing={kind}"], "routing"))
     return out
 
 
@@ -352,6 +363,8 @@ def report(cc: CompareConfig) -> dict:
                  "CPU-seconds to that step (summed over ranks, evaluation excluded).\n\n" + points_table(agg, cc))
     if cc.routing_ablation:
         text += f"\n## Routing iterations ({cc.ablation_model})\n\n" + table(agg, "ablation")
+    if cc.routing_kinds:
+        text += f"\n## Routing kinds ({cc.ablation_model})\n\n" + table(agg, "routing")
     agg["gam"] = compare_points.gam_battles(cc, _run_dir)
     if agg["gam"]:
         text += (f"\n## GAM battles ({cc.gam_models[0]} = M1, {cc.gam_models[1]} = M2; {cc.gam_n} samples a side, "
@@ -361,6 +374,8 @@ def report(cc: CompareConfig) -> dict:
     plot_curves(agg, "models", "fid", out_dir / "fid_cpu.png", f"{cc.name}: FID vs training CPU time", x="cpu_s")
     if cc.routing_ablation:
         plot_curves(agg, "ablation", "fid", out_dir / "ablation.png", f"{cc.name}: routing iterations, FID vs step")
+    if cc.routing_kinds:
+        plot_curves(agg, "routing", "fid", out_dir / "routing.png", f"{cc.name}: routing kinds, FID vs step")
     agg["grids"] = [str(p) for p in sample_grids(cc, out_dir)]
     points_png = compare_points.points_grid(cc, _run_dir, out_dir / "grid_points.png") if cc.points else None
     if points_png:
@@ -376,6 +391,8 @@ def compare(cc: CompareConfig, log=print) -> dict | None:
     if skipped:
         log(f"grid steps {skipped} are beyond {longest} steps or off the {cc.eval_every}-step sample "
             "interval: left out")
+    for v in variants(cc):  # every variant's config is valid (e.g. em's capsule sizes) before any training
+        _train_config(cc, v.overrides, cc.seeds[0], Path("."))
     if not run_all(cc, log):
         return None
     return report(cc)

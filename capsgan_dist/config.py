@@ -30,6 +30,10 @@ CAPSULE_G_KEYS = ("generator", "g_top_caps", "g_top_dim", "g_primary_channels", 
 # config imports no metric code (the metrics import this module, not the other way round).
 METRIC_NAMES = ("fid", "kid", "is", "pr")
 N_CLASSES = 10  # classes of every registered dataset (synthetic images get 10 too); idx data is checked on load
+# The values of model.routing; the same tuple as capsgan_dist.models.routing.ROUTINGS (kept here so that
+# reading a config does not import torch).
+ROUTINGS = ("dynamic", "em", "attention")
+EM_POSE = 16  # em's 4x4 pose matrices
 
 
 def _choice(section: str, name: str, value: Any, allowed: tuple) -> None:
@@ -112,10 +116,15 @@ class ModelConfig:
     """Routed (DigitCaps-like) capsules; at least 2 or routing is a no-op."""
     caps_dim: int = 16
     """Dimension of each routed capsule."""
+    routing: str = "dynamic"
+    """Routing between primary and routed capsules: dynamic (Sabour et al. 2017) | em (matrix capsules,
+    Hinton et al. 2018; needs primary_dim=16 and caps_dim=16) | attention (Efficient-CapsNet self-attention)."""
     routing_iters: int = 3
-    """Dynamic-routing iterations (Sabour et al.: 3)."""
+    """Routing iterations: dynamic-routing iterations (Sabour et al.: 3), EM iterations for em (Hinton
+    et al.: 3); not used by attention, which routes in one pass."""
     routing_grad: str = "all"
-    """all: backprop through every routing iteration | last: detach the earlier iterations."""
+    """all: backprop through every routing iteration | last: detach the earlier iterations (em: hold the
+    last M-step's assignments fixed); attention has no iterations and takes only all."""
     dense: int = 64
     """Width of the dense layer between the flattened capsules and the logit."""
     d_widths: list[int] = field(default_factory=lambda: [64, 128, 256, 512])
@@ -141,6 +150,7 @@ class ModelConfig:
                 f"model.g_top_caps={self.g_top_caps}: with fewer than 2 top capsules the capsule generator's "
                 "softmax over parents is always 1 and routing would be a no-op; use model.g_top_caps>=2 (default 10)"
             )
+        _choice("model", "routing", self.routing, ROUTINGS)
         _choice("model", "routing_grad", self.routing_grad, ("all", "last"))
         _positive("model", "routing_iters", self.routing_iters, 1, strict=False)
         if self.n_caps < 2:
@@ -152,10 +162,25 @@ class ModelConfig:
                      "primary_channels", "primary_dim", "caps_dim", "dense", "g_top_dim",
                      "g_primary_channels", "g_primary_dim", "g_routing_iters"):
             _positive("model", name, getattr(self, name), 1, strict=False)
+        self._check_routing()
         if len(self.g_widths) < 3 or min(self.g_widths) < 1:
             raise ConfigError("model.g_widths must list at least 3 positive widths (paper: 128, 64, 32, 3)")
         if len(self.d_widths) != 4 or min(self.d_widths) < 1:
             raise ConfigError("model.d_widths must list 4 positive widths (the 5th conv gives the logit)")
+
+    def _check_routing(self) -> None:
+        """Combinations the routing kinds cannot run (checked for the capsule D only)."""
+        if self.discriminator != "capsule":
+            return
+        if self.routing == "em":
+            for name in ("primary_dim", "caps_dim"):
+                if getattr(self, name) != EM_POSE:
+                    raise ConfigError(
+                        f"model.{name}={getattr(self, name)} does not fit model.routing=em, whose capsules are "
+                        f"4x4 pose matrices; set model.{name}={EM_POSE}")
+        if self.routing == "attention" and self.routing_grad != "all":
+            raise ConfigError(f"model.routing_grad={self.routing_grad} does not fit model.routing=attention, "
+                              "which routes in one pass with nothing to detach; use model.routing_grad=all")
 
 
 @dataclass(frozen=True)
@@ -319,7 +344,8 @@ class EvalConfig:
 @dataclass(frozen=True)
 class PerfConfig:
     routing: str = "fused"
-    """fused (hand-written routing backward, the default) | einsum (plain autograd; needed for double backward)."""
+    """fused (hand-written routing backward, the default) | einsum (plain autograd; needed for double backward).
+    Applies to model.routing=dynamic; em and attention have one plain autograd form (double backward works)."""
     compile: bool = False
     """torch.compile G and D in place; off is the safe choice (minutes of compiling, rounding-level changes)."""
     cuda_graphs: bool = False
@@ -481,6 +507,8 @@ def model_hash(cfg: Config) -> str:
     if cfg.model.generator == "dcgan":  # so checkpoints written before these keys existed still match
         for key in CAPSULE_G_KEYS:
             del model[key]
+    if model["routing"] == "dynamic":  # the only kind before model.routing existed: older checkpoints still match
+        del model["routing"]
     shape_keys = {"model": model, "image_size": cfg.data.image_size,
                   "channels": cfg.data.channels}
     if cfg.data.labels_per_class:  # K-output D (semi-supervised); absent otherwise, so older hashes hold

@@ -38,7 +38,8 @@ def build_discriminator(cfg: Config) -> nn.Module:
         return ConvDiscriminator(d.image_size, d.channels, tuple(m.d_widths))
     return CapsuleDiscriminator(d.image_size, d.channels, m.conv1_channels, m.conv1_kernel,
                                 m.primary_kernel, m.primary_channels, m.primary_dim, m.n_caps,
-                                m.caps_dim, m.routing_iters, m.routing_grad, m.dense, cfg.perf.routing)
+                                m.caps_dim, m.routing_iters, m.routing_grad, m.dense, cfg.perf.routing,
+                                m.routing)
 
 
 def count_params(model: nn.Module) -> int:

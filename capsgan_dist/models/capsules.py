@@ -1,7 +1,9 @@
-"""Capsule layers: squash, dynamic routing by agreement, PrimaryCaps and routed capsules.
+"""Capsule layers: PrimaryCaps, routed capsules, and the primary + routed pair of each routing kind.
 
 Sabour, Frosst & Hinton 2017, "Dynamic Routing Between Capsules". The CapsuleGAN paper prints the
 squash with s/|s|^2 (its eq. 1); that is a typo, its own Figure 3 and Sabour et al. use s/|s|.
+The routing algorithms themselves live in models/routing/ (one file per kind); `squash` and
+`dynamic_routing` are re-exported here, where they used to live.
 """
 
 from __future__ import annotations
@@ -9,44 +11,17 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from capsgan_dist.models.routing import routed_capsules
+from capsgan_dist.models.routing import (
+    AttentionCaps,
+    EMCaps,
+    PrimaryMatrixCaps,
+    dynamic_routing,
+    routed_capsules,
+    squash,
+)
+from capsgan_dist.models.routing.em import POSE
+from capsgan_dist.models.routing.squash import EPS as _EPS
 from capsgan_dist.shapes import conv_out  # re-exported: the layer code has always imported it from here
-
-# Keeps |s| differentiable at s = 0: sqrt(|s|^2 + eps) has a finite gradient there.
-_EPS = 1e-8
-
-
-def squash(s: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    """v = |s|^2 / (1 + |s|^2) * s / |s| (Sabour et al. 2017, eq. 1); 0 at s = 0."""
-    sq = (s * s).sum(dim=dim, keepdim=True)
-    # |s|^2/(1+|s|^2) / |s|  ==  |s| / (1 + |s|^2): one division, finite gradient at 0.
-    return s * (torch.sqrt(sq + _EPS) / (1.0 + sq))
-
-
-def dynamic_routing(u_hat: torch.Tensor, iterations: int, grad: str = "all") -> torch.Tensor:
-    """Route predictions u_hat (B, n_in, n_out, d) to output capsules v (B, n_out, d).
-
-    Procedure 1 of Sabour et al.: logits b start at 0 for every sample, c = softmax over the
-    OUTPUT capsules, s_j = sum_i c_ij u_hat_j|i, v_j = squash(s_j), b_ij += u_hat_j|i . v_j.
-    grad="last" detaches u_hat in all but the last iteration (common in CapsNet code);
-    grad="all" (our default) backpropagates through every iteration, as the equations read.
-    """
-    if iterations < 1:
-        raise ValueError(f"routing iterations must be >= 1, got {iterations}")
-    if grad not in ("all", "last"):
-        raise ValueError(f"grad must be 'all' or 'last', got {grad!r}")
-    B, n_in, n_out, _ = u_hat.shape
-    u_route = u_hat.detach() if grad == "last" else u_hat
-    b = u_hat.new_zeros(B, n_in, n_out)  # per-sample logits, never shared across the batch
-    for it in range(iterations):
-        last = it == iterations - 1
-        u = u_hat if last else u_route
-        c = torch.softmax(b, dim=2)  # (B, n_in, n_out): each input distributes over outputs
-        s = torch.einsum("bij,bijd->bjd", c, u)  # (B, n_out, d), Sabour eq. 2
-        v = squash(s)
-        if not last:
-            b = b + torch.einsum("bijd,bjd->bij", u, v)  # agreement, Procedure 1 line 7
-    return v
 
 
 class PrimaryCaps(nn.Module):
@@ -68,8 +43,8 @@ class PrimaryCaps(nn.Module):
 class RoutedCaps(nn.Module):
     """Fully connected capsule layer: u_hat_j|i = W_ij u_i, then dynamic routing.
 
-    impl="fused" runs both in one autograd Function (models/routing.py); "einsum" is the plain
-    autograd form below. They agree to float rounding (tests/unit/test_fast_routing.py).
+    impl="fused" runs both in one autograd Function (models/routing/dynamic_fused.py); "einsum" is the
+    plain autograd form below. They agree to float rounding (tests/unit/test_fast_routing.py).
     """
 
     def __init__(self, n_in: int, d_in: int, n_out: int, d_out: int, iterations: int = 3,
@@ -81,17 +56,51 @@ class RoutedCaps(nn.Module):
             raise ValueError(
                 f"RoutedCaps needs at least 2 output capsules (got {n_out}): with one, the softmax "
                 "over outputs is always 1 and routing would be a no-op")
-        self.iterations, self.grad, self.impl = iterations, grad, impl
+        self.iterations, self.grad, self.impl, self.out_dim = iterations, grad, impl, d_out
         # The common 0.01 init leaves |s_j| ~ 1e-3, where squash ~ |s|^2 kills the signal and D
         # starts blind; this scale gives routed capsules lengths of ~0.1-0.5 at init instead.
         std = 4.0 * n_out / (n_in * d_out) ** 0.5
         self.weight = nn.Parameter(std * torch.randn(n_in, n_out, d_out, d_in))
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
-        if self.impl == "fused":  # same math, hand-written backward (models/routing.py)
+        if self.impl == "fused":  # same math, hand-written backward (models/routing/dynamic_fused.py)
             return routed_capsules(u, self.weight, self.iterations, self.grad)
         u_hat = torch.einsum("ijed,bid->bije", self.weight, u)  # (B, n_in, n_out, d_out), eq. 2
         return dynamic_routing(u_hat, self.iterations, self.grad)
+
+    @staticmethod
+    def presence(out: torch.Tensor) -> torch.Tensor:
+        """Probability that each output entity is present: the capsule's length, (B, n_out)."""
+        return capsule_lengths(out)
+
+    @staticmethod
+    def pose(out: torch.Tensor) -> torch.Tensor:
+        """The capsule vectors themselves, (B, n_out, d_out)."""
+        return out
+
+
+def capsule_layers(routing: str, in_channels: int, primary_channels: int, primary_dim: int,
+                   primary_kernel: int, n_in: int, n_out: int, caps_dim: int, iterations: int = 3,
+                   grad: str = "all", impl: str = "fused") -> tuple[nn.Module, nn.Module]:
+    """(primary capsules, routed capsule layer) for `routing` = dynamic | em | attention.
+
+    The routed layer maps the primary layer's output (B, n_in, .) to (B, n_out, layer.out_dim) and has
+    `presence(out)` (B, n_out) and `pose(out)`. Vector kinds read presence as a capsule's length;
+    `em` uses matrix capsules (4x4 pose + activation: primary_dim and caps_dim must be 16) and reads
+    the activation. `iterations`, `grad` and `impl` apply to the iterative kinds only (see each file).
+    """
+    if routing == "dynamic":
+        return (PrimaryCaps(in_channels, primary_channels, primary_dim, primary_kernel),
+                RoutedCaps(n_in, primary_dim, n_out, caps_dim, iterations, grad, impl))
+    if routing == "attention":
+        return (PrimaryCaps(in_channels, primary_channels, primary_dim, primary_kernel),
+                AttentionCaps(n_in, primary_dim, n_out, caps_dim))
+    if routing == "em":
+        if primary_dim != POSE or caps_dim != POSE:
+            raise ValueError(f"routing 'em' uses 4x4 pose matrices: primary_dim and caps_dim must be {POSE}, "
+                             f"got {primary_dim} and {caps_dim}")
+        return PrimaryMatrixCaps(in_channels, primary_channels, primary_kernel), EMCaps(n_in, n_out, iterations, grad)
+    raise ValueError(f"unknown routing {routing!r}; choose dynamic, em or attention")
 
 
 def capsule_lengths(v: torch.Tensor) -> torch.Tensor:
@@ -99,4 +108,5 @@ def capsule_lengths(v: torch.Tensor) -> torch.Tensor:
     return torch.sqrt((v * v).sum(-1) + _EPS)
 
 
-__all__ = ["squash", "dynamic_routing", "PrimaryCaps", "RoutedCaps", "capsule_lengths", "conv_out"]
+__all__ = ["squash", "dynamic_routing", "PrimaryCaps", "RoutedCaps", "capsule_layers", "capsule_lengths",
+           "conv_out"]

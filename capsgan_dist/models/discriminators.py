@@ -5,17 +5,22 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from capsgan_dist.models.capsules import PrimaryCaps, RoutedCaps
+from capsgan_dist.models.capsules import capsule_layers
 from capsgan_dist.shapes import conv_out, min_capsule_image, primary_grid
 
 
 class CapsuleDiscriminator(nn.Module):
-    """Conv(256)+PReLU -> PrimaryCaps (stride 2) -> routed capsules -> flatten -> Dense(64) -> Dense(1)."""
+    """Conv(256)+PReLU -> PrimaryCaps (stride 2) -> routed capsules -> flatten -> Dense(64) -> Dense(1).
+
+    The head reads every routed capsule whole: the vectors for dynamic and attention routing, the
+    16 pose entries and the activation of each matrix capsule for em.
+    """
 
     def __init__(self, image_size: int = 28, channels: int = 1, conv1_channels: int = 256,
                  conv1_kernel: int = 9, primary_kernel: int = 7, primary_channels: int = 32,
                  primary_dim: int = 8, n_caps: int = 10, caps_dim: int = 16, routing_iters: int = 3,
-                 routing_grad: str = "all", dense: int = 64, routing_impl: str = "fused"):
+                 routing_grad: str = "all", dense: int = 64, routing_impl: str = "fused",
+                 routing: str = "dynamic"):
         super().__init__()
         h2 = primary_grid(image_size, conv1_kernel, primary_kernel)  # Config checks this first
         if h2 < 1:
@@ -24,16 +29,16 @@ class CapsuleDiscriminator(nn.Module):
                 f"kernel {primary_kernel} (needs >= {min_capsule_image(conv1_kernel, primary_kernel)})")
         self.conv1 = nn.Conv2d(channels, conv1_channels, conv1_kernel)
         self.act1 = nn.PReLU(conv1_channels)
-        self.primary = PrimaryCaps(conv1_channels, primary_channels, primary_dim, primary_kernel)
         self.n_in = primary_channels * h2 * h2
-        self.caps = RoutedCaps(self.n_in, primary_dim, n_caps, caps_dim, routing_iters, routing_grad,
-                               routing_impl)
-        self.head = nn.Sequential(nn.Flatten(), nn.Linear(n_caps * caps_dim, dense),
+        self.primary, self.caps = capsule_layers(routing, conv1_channels, primary_channels, primary_dim,
+                                                 primary_kernel, self.n_in, n_caps, caps_dim, routing_iters,
+                                                 routing_grad, routing_impl)
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(n_caps * self.caps.out_dim, dense),
                                   nn.LeakyReLU(0.2), nn.Linear(dense, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         u = self.primary(self.act1(self.conv1(x)))  # (B, n_in, primary_dim)
-        v = self.caps(u)  # (B, n_caps, caps_dim)
+        v = self.caps(u)  # (B, n_caps, caps_dim), or (B, n_caps, 16 + 1) for em
         return self.head(v).squeeze(-1)  # (B,) logits; sigmoid lives in the loss
 
 

@@ -17,11 +17,13 @@ with open(sweep / "results.csv") as f:
         evals = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if "eval/fid" in line]
         fids = {e["step"]: e["eval/fid"] for e in evals}
         steps |= set(fids)
-        table.append((cfg["model"]["routing_iters"], cfg["seed"], cfg["optim"]["lr_d"], cfg["optim"]["lr_g"],
-                      row["status"], fids))
+        kind = cfg["model"].get("routing", "dynamic")  # runs from before model.routing are dynamic
+        m, o = cfg["model"], cfg["optim"]
+        table.append((f"{kind} x{m['routing_iters']}", cfg["seed"], o["lr_d"], o["lr_g"], row["status"], fids))
 steps_sorted = sorted(steps)
-print("| routing | seed | lr_d | lr_g | status | " + " | ".join(f"FID@{s}" for s in steps_sorted) + " |")
-print("|---:|---:|---:|---:|---|" + "---:|" * len(steps_sorted))
+print("| routing (kind x iterations) | seed | lr_d | lr_g | status | "
+      + " | ".join(f"FID@{s}" for s in steps_sorted) + " |")
+print("|---|---:|---:|---:|---|" + "---:|" * len(steps_sorted))
 for routing, seed, lr_d, lr_g, status, fids in sorted(table, key=lambda t: t[:4]):
     cells = " | ".join(f"{fids[s]:.0f}" if s in fids else "" for s in steps_sorted)
     print(f"| {routing} | {seed} | {lr_d:.2e} | {lr_g:.2e} | {status} | {cells} |")

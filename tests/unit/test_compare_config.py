@@ -56,3 +56,50 @@ def test_bad_comparison_points_and_gam_models_are_config_errors(tmp_path: Path, 
     path.write_text(f"base: {REPO / 'configs' / 'debug.yaml'}\n{extra}\n")
     with pytest.raises(ConfigError, match=match):
         load_compare_config(path)
+def test_routing_kinds_ablation_adds_one_variant_per_other_kind(tmp_path: Path):
+    path = tmp_path / "c.yaml"
+    path.write_text(f"base: {REPO / 'configs' / 'debug.yaml'}\n")
+    cc = load_compare_config(path, ["routing_kinds=[dynamic,em,attention]", "routing_ablation=[1]",
+                                    "overrides=[model.primary_dim=16,model.caps_dim=16]"])
+    v = {(x.name, x.group): x.overrides for x in variants(cc)}
+    assert v[("capsgan", "routing")] == ["model.discriminator=capsule"]  # dynamic is the model's own run
+    assert v[("capsgan_em", "routing")] == ["model.discriminator=capsule", "model.routing=em"]
+    assert v[("capsgan_attention", "routing")] == ["model.discriminator=capsule", "model.routing=attention"]
+    assert ("capsgan_r1", "ablation") in v  # the iterations ablation is unchanged beside it
+
+
+def test_invalid_routing_variant_fails_before_any_training(tmp_path: Path, monkeypatch):
+    from capsgan_dist import compare as cmp
+
+    path = tmp_path / "c.yaml"
+    path.write_text(f"base: {REPO / 'configs' / 'debug.yaml'}\nout_dir: {tmp_path / 'out'}\n")
+    cc = load_compare_config(path, ["routing_kinds=[dynamic,em]"])  # debug.yaml's capsules are 4-D and 8-D
+    monkeypatch.setattr(cmp, "run_all", lambda *a, **k: pytest.fail("training started"))
+    with pytest.raises(ConfigError, match="model.routing=em"):
+        cmp.compare(cc)
+    with pytest.raises(ConfigError, match="routing_kinds has 'fuzzy'"):
+        load_compare_config(path, ["routing_kinds=[fuzzy]"])
+
+
+def test_report_has_a_routing_kinds_table_and_plot(tmp_path: Path):
+    """report() on finished runs' metrics: one row per routing kind and step, and routing.png."""
+    import json
+
+    from capsgan_dist.compare import report
+
+    path = tmp_path / "c.yaml"
+    path.write_text(f"base: {REPO / 'configs' / 'debug.yaml'}\nout_dir: {tmp_path / 'out'}\n"
+                    "models: {capsgan: [model.discriminator=capsule]}\nseeds: [0, 1]\n")
+    cc = load_compare_config(path, ["routing_kinds=[dynamic,attention]"])
+    for i, name in enumerate(["capsgan", "capsgan_attention"]):
+        for seed in (0, 1):
+            run = tmp_path / "out" / name / f"seed{seed}"
+            run.mkdir(parents=True)
+            rows = [{"step": s, "eval/fid": 100.0 - s / 10 + i + seed} for s in (10, 20)]
+            (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    agg = report(cc)
+    assert agg["variants"]["capsgan_attention"]["groups"] == ["routing"]
+    assert agg["variants"]["capsgan_attention"]["rows"][1]["fid"] == pytest.approx(100.0 - 2 + 1 + 0.5)
+    table = (tmp_path / "out" / "table.md").read_text()
+    assert "## Routing kinds (capsgan)" in table and "| capsgan_attention | 20 |" in table
+    assert (tmp_path / "out" / "routing.png").stat().st_size > 1000

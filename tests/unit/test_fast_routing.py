@@ -1,4 +1,4 @@
-"""The fused routing path (models/routing.py) computes what the plain einsum routing computes."""
+"""The fused routing path (models/routing/dynamic_fused.py) computes what the plain einsum routing computes."""
 
 from __future__ import annotations
 
@@ -143,13 +143,13 @@ def test_config_switch_selects_the_routing_and_models_agree():
 @pytest.mark.parametrize("block", [1, 3, 7])
 def test_blocked_layout_changes_give_the_same_result(monkeypatch, block):
     """u_hat is built and read back in blocks of input capsules; any block size gives the same numbers."""
-    from capsgan_dist.models import routing
+    from capsgan_dist.models.routing import dynamic_fused
 
     u, w = fresh(3, 7, 4, 5, 6, seed=11, dtype=torch.float64)
     v_plain = plain(u, w, 3, "all")
     g = torch.randn_like(v_plain)
     gp = torch.autograd.grad(v_plain, (u, w), g)
-    monkeypatch.setattr(routing, "_chunk", lambda n_in, row_bytes, device: block)
+    monkeypatch.setattr(dynamic_fused, "_chunk", lambda n_in, row_bytes, device: block)
     v = routed_capsules(u, w, 3, "all")
     gf = torch.autograd.grad(v, (u, w), g)
     assert rel(v, v_plain) < 1e-12 and rel(gf[0], gp[0]) < 1e-12 and rel(gf[1], gp[1]) < 1e-12

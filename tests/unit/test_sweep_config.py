@@ -10,7 +10,7 @@ import pytest
 import yaml
 from conftest import DEBUG_CONFIG, REPO, run_capsgan
 
-from capsgan_dist.config import load_config, to_dict
+from capsgan_dist.config import ROUTINGS, load_config, to_dict
 from capsgan_dist.errors import ConfigError
 from capsgan_dist.sweep.config import FID_METRIC, PROXY_METRIC, load_sweep_config, resolve_metric
 from capsgan_dist.sweep.report import trial_rows, write_outputs
@@ -289,3 +289,16 @@ def test_slurm_sweep_script_help_dry_run_and_bad_input():
     assert missing.returncode == 2 and "missing SWEEP_CONFIG" in missing.stderr
     outside = run("configs/sweep_mnist.yaml")
     assert outside.returncode == 2 and "not inside a SLURM job" in outside.stderr
+
+
+def test_routing_kind_is_a_searchable_choice_checked_before_ray(tmp_path):
+    """space.model.routing.choice=[dynamic,em,attention]: em needs 16-D capsules, said before any trial."""
+    path = sweep_file(tmp_path)
+    kinds = ["space.model.routing.choice=[dynamic,em,attention]"]
+    s = load_sweep_config(path, kinds)
+    assert s.searched["model.routing"] == {"choice": ["dynamic", "em", "attention"]}
+    with pytest.raises(ConfigError, match=r"space.model.routing: value 'em' .*set model.primary_dim=16"):
+        resolve_base(s)
+    fits = load_sweep_config(sweep_file(tmp_path, overrides=["model.primary_dim=16", "model.caps_dim=16"]), kinds)
+    base = resolve_base(fits)
+    assert [trial_config(base, {"model.routing": k}).model.routing for k in ROUTINGS] == list(ROUTINGS)

@@ -1,7 +1,7 @@
-"""Fast routed capsules: u_hat = W u and dynamic routing as one autograd Function.
+"""Fast routed capsules: u_hat = W u and dynamic routing as one autograd Function (perf.routing=fused).
 
-Same math as `RoutedCaps` with `capsules.dynamic_routing` (Sabour et al. 2017, Procedure 1), written
-for speed and memory:
+Same math as `RoutedCaps` with `routing.dynamic.dynamic_routing` (Sabour et al. 2017, Procedure 1),
+written for speed and memory:
 
 - u_hat lives in the layout the routing reads, (B, n_out, n_in, d_out): for each (b, j) the
   (n_in, d_out) block is one contiguous matrix, so every routing product is a plain batched
@@ -33,8 +33,7 @@ from __future__ import annotations
 
 import torch
 
-# Same epsilon as capsules.squash: sqrt(|s|^2 + eps) keeps the gradient finite at s = 0.
-_EPS = 1e-8
+from capsgan_dist.models.routing.squash import EPS as _EPS  # sqrt(|s|^2 + eps): finite gradient at 0
 
 
 def _acc(dtype: torch.dtype) -> torch.dtype:
