@@ -383,6 +383,9 @@ class Config:
         if semisup and self.model.discriminator == "capsule" and self.model.n_caps != N_CLASSES:
             raise ConfigError(f"model.n_caps={self.model.n_caps}: semi-supervised training reads one routed "
                               f"capsule per class and the data has {N_CLASSES}; set model.n_caps={N_CLASSES}")
+        if semisup and self.model.discriminator == "capsule" and self.model.routing != "dynamic":
+            raise ConfigError(f"model.routing={self.model.routing}: the semi-supervised capsule D reads class "
+                              "capsule lengths and routes dynamically; set model.routing=dynamic")
         if semisup and self.perf.cuda_graphs:
             raise ConfigError("perf.cuda_graphs=true does not capture the semi-supervised steps; "
                               "set perf.cuda_graphs=false")

@@ -188,6 +188,7 @@ def test_stream_batches_cover_each_item_once_per_epoch_across_ranks():
     (["loss.supervised=hinge"], "loss.supervised='hinge' is not allowed"),
     (["loss.unsup_weight=-1"], "loss.unsup_weight=-1"),
     (["perf.cuda_graphs=true"], "perf.cuda_graphs=true does not capture the semi-supervised steps"),
+    (["model.routing=attention"], "model.routing=attention: the semi-supervised capsule D reads class capsule"),
 ])
 def test_bad_semisup_configs_fail_naming_the_key(overrides, match):
     with pytest.raises(ConfigError, match=match):
