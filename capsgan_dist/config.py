@@ -53,7 +53,7 @@ class DataConfig:
     synthetic_size: int = 2048
     """Number of images in the synthetic dataset."""
     num_workers: int = 0
-    """DataLoader worker processes per rank."""
+    """Unused: training batches are cut from memory by tensor indexing (loader.py); kept so older run configs load."""
 
     def __post_init__(self) -> None:
         _choice("data", "name", self.name, DATASETS)
@@ -192,13 +192,15 @@ class TrainConfig:
     run_dir: Optional[str] = None
     """Exact run folder; default `<out_dir>/<name>-<time>`."""
     max_nonfinite: int = 10
-    """Stop after this many non-finite steps in a row (each one is skipped)."""
+    """Stop after this many non-finite steps in a row (each one is skipped; checked once per log window)."""
+    stop_check_every: int = 10
+    """Steps between the ranks' agreement on a preemption signal (a collective); 1 process: every step."""
     progress: bool = True
     """Progress bar on the main process."""
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_real", "batch_fake", "log_every", "sample_every",
-                     "checkpoint_every", "keep_checkpoints", "n_samples", "max_nonfinite"):
+                     "checkpoint_every", "keep_checkpoints", "n_samples", "max_nonfinite", "stop_check_every"):
             _positive("train", name, getattr(self, name), 1, strict=False)
         _choice("train", "schedule", self.schedule, ("alternate", "both"))
         if self.mixed_precision in ("False", "false"):  # YAML 1.1 reads a bare `no` as false
