@@ -1,9 +1,10 @@
 """The training batches: one uint8 tensor in memory, batches made by tensor indexing.
 
-Replaces a DataLoader that built each batch image by image in Python (about 150k img/s on a
-2-core CPU, below what a GPU's D step consumes). Per batch this does one `index_select` of uint8
-rows, one copy to the device (from pinned memory, non-blocking, 4x fewer bytes than float) and
-the float conversion there. The order is exactly the one the DataLoader gave under Accelerate:
+Replaces a DataLoader that built each batch image by image in Python (44-66k img/s measured on a
+shared 2-core CPU at batch 1024, docs/performance.md; far below what a GPU's D step consumes). Per
+batch this does one `index_select` of uint8 rows (into pinned memory for a GPU), one copy to the
+device (non-blocking, 4x fewer bytes than float) and the float conversion there. The order is
+exactly the one the DataLoader gave under Accelerate:
 
 - epoch e is the permutation `EpochShuffle(n, seed)` draws for e (it depends on (seed, e) only);
 - it is cut into floor(n / B) batches of B indices, the last partial one dropped;
@@ -38,9 +39,10 @@ class DeviceBatches:
             raise TypeError(f"DeviceBatches holds uint8 images, got {images.dtype}")
         self.n, self.batch, self.rank, self.world = len(images), batch, rank, world
         self.device = torch.device(device)
+        # Batches for a GPU are gathered into pinned host memory, so their copy runs asynchronously
+        # (and without a staging copy); the dataset itself is only read on the host.
         self.pin = self.device.type == "cuda"
-        # Pinned host memory: the copy to the GPU runs asynchronously (and without a staging copy).
-        self.images = images.contiguous().pin_memory() if self.pin else images.contiguous()
+        self.images = images.contiguous()
         self.shuffle = EpochShuffle(self.n, seed)
         self.per_epoch = batches_per_epoch(self.n, batch, world)
         if self.per_epoch == 0:
