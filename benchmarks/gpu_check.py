@@ -1,19 +1,22 @@
 """The GPU checks in one run: numerics, CUDA graphs, the two GPU targets, the step grid.
 
-NOT RUN YET: no GPU was available. Run it through benchmarks/gpu_check.sh (~8 minutes); it
-writes everything to $OUT (default ./gpu_out): gpu_check.md (a report to paste into
-docs/benchmarks.md), gpu_check.json, step_grid.md.
+NOT RUN YET: written on a machine without a GPU. Run it through benchmarks/gpu_check.sh (one
+device call, ~8 minutes); it writes three files to $OUT (default ./gpu_out): gpu_check.md (the
+report to paste into docs/benchmarks.md, with every step.py table and nvidia-smi in it),
+gpu_check.json (every raw number) and, from the shell wrapper, gpu_check.log.
 
 Sections, most important first, each under its own time budget so a slow one cannot starve the rest:
   1. environment (GPU, torch, which optional packages exist: DeepSpeed is expected to be absent)
   2. fused vs plain routing on the GPU: relative error of outputs and gradients (fp32 < 1e-5,
      bf16 < 1e-2), MNIST sizes
   3. perf.cuda_graphs: 30 iterations eager vs GraphedSteps from the same state -> parameter drift
-  4. target "full CapsuleGAN iteration at batch 32 (16 real + 16 fake, then G) < 1.5 ms":
-     ms/iteration eager vs captured, CapsuleGAN and DCGAN, fp32 and bf16, via GraphedSteps
+  4. target "full CapsuleGAN iteration at batch 32 (16 real + 16 fake, then G) < 1.5 ms": the
+     loop's own iteration (benchmarks/step.py `loop`: batch fetch, device noise, D and G steps,
+     statistics, stop-flag check), eager and with GraphedSteps, beside the bare steps (`gan`,
+     eager and captured whole), CapsuleGAN and DCGAN, fp32 and bf16; and the loader (`data`)
   5. target "D step at batch 1024, bf16, >= 250k img/s": benchmarks/step.py d, d_ref, d_einsum,
      without and with torch.compile
-  6. the step grid: d, d_ref, d_einsum, g, gan, dcgan x batch 32/256/1024 x fp32/bf16
+  6. the step grid: d, d_ref, d_einsum, g, gan, dcgan, loop x batch 32/256/1024 x fp32/bf16
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ from __future__ import annotations
 import json
 import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -33,6 +38,7 @@ sys.path.insert(0, str(REPO))
 OUT = Path(os.environ.get("OUT") or REPO / "gpu_out")
 OUT.mkdir(parents=True, exist_ok=True)
 REPORT, RESULTS = OUT / "gpu_check.md", {}
+SCRATCH = Path(tempfile.mkdtemp(prefix="gpu_check_"))  # step.py's own files: merged into REPORT/RESULTS
 # --smoke: the same code on CPU with tiny sizes and no graph capture, to catch mistakes before a
 # GPU run spends its time on them. Its numbers mean nothing.
 SMOKE = "--smoke" in sys.argv
@@ -87,6 +93,11 @@ def main() -> None:
                             for m in ("deepspeed", "ray", "wandb", "torchvision", "omegaconf", "accelerate")}}
         RESULTS["env"] = info
         say("```\n" + json.dumps(info, indent=1) + "\n```")
+        try:
+            smi = subprocess.run(["nvidia-smi"], capture_output=True, text=True, timeout=30).stdout
+        except (OSError, subprocess.SubprocessError) as e:
+            smi = f"nvidia-smi: {e}"
+        say("```\n" + smi.strip() + "\n```")
 
     def numerics():
         from capsgan_dist.models.capsules import dynamic_routing, squash
@@ -159,13 +170,14 @@ def main() -> None:
 
         from capsgan_dist.cuda_graphs import GraphedSteps
         from capsgan_dist.dist import noise
+        from capsgan_dist.optim import build_adam
 
         cfg, G, D = gan_setup([])
         G2, D2 = copy.deepcopy(G), copy.deepcopy(D)
         t, dim = cfg.train, cfg.model.latent_dim
         reals = [torch.rand(t.batch_real, 1, 28, 28, device=DEV) * 2 - 1 for _ in range(30)]
-        opt_g = torch.optim.Adam(G.parameters(), 2e-4, betas=(0.5, 0.999))
-        opt_d = torch.optim.Adam(D.parameters(), 2e-4, betas=(0.5, 0.999))
+        opt_g = build_adam(G.parameters(), 2e-4, (0.5, 0.999), fused=True)  # as train.py builds them
+        opt_d = build_adam(D.parameters(), 2e-4, (0.5, 0.999), fused=True)
         graphed = GraphedSteps(cfg, dist, G, D, opt_g, opt_d, iter(reals), clip=float("inf"), capture=not SMOKE)
         opt_g2 = torch.optim.Adam(G2.parameters(), 2e-4, betas=(0.5, 0.999))
         opt_d2 = torch.optim.Adam(D2.parameters(), 2e-4, betas=(0.5, 0.999))
@@ -181,76 +193,40 @@ def main() -> None:
         say(f"max relative parameter difference after 30 iterations, graphed vs eager: {drift:.2e} "
             f"({'PASS' if drift < 1e-3 else 'CHECK'}: expected at float-rounding level)")
 
-    sync = (lambda: None) if SMOKE else torch.cuda.synchronize
+    def step_py(args: list[str], name: str, timeout: float, smoke_args: list[str] | None = None) -> list[dict]:
+        """Run benchmarks/step.py in a subprocess; its table goes into the report, its rows into RESULTS."""
+        out, raw = SCRATCH / f"{name}.md", SCRATCH / f"{name}.json"
+        cmd = [sys.executable, str(REPO / "benchmarks" / "step.py"), "--device", DEV, "--inprocess",
+               "--out", str(out), "--json", str(raw), *args]
+        if SMOKE:  # the plumbing only: tiny cases on the CPU
+            cmd = [*cmd[:5], "--out", str(out), "--json", str(raw), "--config", str(CONFIG), "--batches", "4",
+                   "--dtypes", "fp32", "--quick", *(smoke_args or ["--cases", "d"])]
+        def short(text: str) -> str:  # paths relative to the repository, scratch files by name
+            return text.replace(str(SCRATCH) + "/", "").replace(str(REPO) + "/", "")
 
-    def timed(fn, n: int = 5 if SMOKE else 200) -> float:
-        """Median ms per call over 5 samples of n/5 calls, after a few untimed calls."""
-        for _ in range(1 if SMOKE else 10):
-            fn()
-        sync()
-        samples = []
-        for _ in range(5):
-            t0 = time.perf_counter()
-            for _ in range(max(1, n // 5)):
-                fn()
-            sync()
-            samples.append((time.perf_counter() - t0) / max(1, n // 5) * 1e3)
-        return statistics.median(samples)
-
-    def iteration_case(disc: str, mp: str) -> dict:
-        from capsgan_dist.cuda_graphs import GraphedSteps
-
-        # (`train.mixed_precision=no` on a command line reads as the boolean False: quote it)
-        cfg, G, D = gan_setup([f"model.discriminator={disc}", f"train.mixed_precision='{mp}'"])
-        t, dim = cfg.train, cfg.model.latent_dim
-        real = torch.rand(t.batch_real, 1, 28, 28, device=DEV) * 2 - 1
-        z_d = torch.randn(t.batch_fake, dim, device=DEV)
-        z_g = torch.randn(t.batch_real + t.batch_fake, dim, device=DEV)
-        opt_g = torch.optim.Adam(G.parameters(), 2e-4, betas=(0.5, 0.999))
-        opt_d = torch.optim.Adam(D.parameters(), 2e-4, betas=(0.5, 0.999))
-        eager = timed(lambda: eager_iteration(cfg, G, D, opt_g, opt_d, real, z_d, z_g, mp == "bf16"))
-        graphed = GraphedSteps(cfg, dist, G, D, opt_g, opt_d, iter(()), clip=float("inf"), capture=not SMOKE)
-
-        def replay():  # the two replays alone
-            if SMOKE:  # no graphs on CPU: run the step bodies instead
-                graphed.out_d, graphed.out_g = graphed._run(None, graphed._d_body, graphed.opt_d), \
-                    graphed._run(None, graphed._g_body, graphed.opt_g)
-                return
-            graphed.graph_d.replay()
-            graphed.graph_g.replay()
-
-        def replay_with_io():  # plus what the training loop adds: input copies and the stats sync
-            graphed.real.copy_(real)
-            graphed.z_d.copy_(z_d)
-            graphed.z_g.copy_(z_g)
-            replay()
-            graphed.out_d.tolist()
-            graphed.out_g.tolist()
-
-        return {"D": disc, "precision": mp, "eager_ms": eager, "graphs_ms": timed(replay),
-                "graphs_with_io_ms": timed(replay_with_io)}
+        say("`" + short(" ".join(cmd[1:])) + "`")
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+        say(short(out.read_text()) if out.is_file() else "no table:\n```\n" + proc.stderr[-2000:] + "\n```")
+        rows = json.loads(raw.read_text())["rows"] if raw.is_file() else []
+        RESULTS[name] = rows
+        return rows
 
     def iteration_time():
-        rows = [iteration_case(disc, mp) for disc in ("capsule", "conv") for mp in ("no", "bf16")]
-        RESULTS["iteration_b32"] = rows
-        say("| D | precision | eager ms/iter | graphed ms/iter | graphed + inputs + stats sync | < 1.5 ms? |\n"
-            "|---|---|---|---|---|---|")
+        rows = []
+        for disc, config in (("capsule", "mnist_capsgan.yaml"), ("conv", "mnist_dcgan.yaml")):
+            rows += [{**r, "D": disc} for r in step_py(
+                ["--config", str(REPO / "configs" / config), "--cases", "gan", "loop", "--batches", "32",
+                 "--dtypes", "fp32", "bf16", "--graphs", "both", "--no-memory"],
+                f"iteration_{disc}", 120, ["--cases", "gan", "loop"])]
+        say("\nThe loop's own iteration at batch 32 (`loop` rows; target < 1.5 ms with graphs):\n\n"
+            "| D | precision | graphs | ms/iteration (median) | < 1.5 ms? |\n|---|---|---|---|---|")
         for r in rows:
-            say(f"| {r['D']} | {r['precision']} | {r['eager_ms']:.2f} | {r['graphs_ms']:.2f} | "
-                f"{r['graphs_with_io_ms']:.2f} | {'yes' if r['graphs_with_io_ms'] < 1.5 else 'no'} |")
-
-    def step_py(args: list[str], name: str, timeout: float):
-        import subprocess
-
-        out = OUT / f"{name}.md"
-        cmd = [sys.executable, str(REPO / "benchmarks" / "step.py"), "--device", DEV, "--inprocess",
-               "--out", str(out), "--json", str(OUT / f"{name}.json"), *args]
-        if SMOKE:  # the plumbing only: one tiny case
-            cmd = [*cmd[:5], "--out", str(out), "--config", str(CONFIG), "--cases", "d", "--batches", "4",
-                   "--dtypes", "fp32", "--quick"]
-        say("`" + " ".join(cmd[1:]) + "`")
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO)
-        say(out.read_text() if out.is_file() else "no table:\n```\n" + proc.stderr[-2000:] + "\n```")
+            if r["case"] == "loop" and "wall_s" in r:
+                ms = statistics.median(r["wall_s"]) * 1e3
+                say(f"| {r['D']} | {r['dtype']} | {'yes' if r['graphs'] else 'no'} | {ms:.2f} | "
+                    f"{'yes' if ms < 1.5 else 'no'} |")
+        step_py(["--cases", "data", "data_ref", "--batches", "1024", "--dtypes", "fp32", "--no-memory"],
+                "data_path", 60, ["--cases", "data", "data_ref"])
 
     def d_step_1024():
         step_py(["--cases", "d", "d_ref", "d_einsum", "--batches", "1024", "--dtypes", "bf16"], "d1024", 120)
@@ -259,14 +235,14 @@ def main() -> None:
 
     def grid():
         left = BUDGET_S - (time.perf_counter() - T_START)
-        step_py(["--cases", "d", "d_ref", "d_einsum", "g", "gan", "dcgan", "--batches", "32", "256", "1024",
-                 "--dtypes", "fp32", "bf16", "--repeats", "10"], "step_grid",
-                max(60.0, left - 10))
+        step_py(["--batches", "32", "256", "1024", "--dtypes", "fp32", "bf16", "--repeats", "10"], "step_grid",
+                max(60.0, left - 10), ["--cases", "d", "gan", "loop"])
 
     run_section("1. Environment", 5, env)
     run_section("2. Fused vs plain routing on the GPU", 20, numerics)
     run_section("3. perf.cuda_graphs trains like eager", 60, graphs_correct)
-    run_section("4. Full iteration at batch 32 (16+16, then G): eager vs CUDA graphs", 90, iteration_time)
+    run_section("4. The loop's iteration at batch 32 (16+16, then G): eager vs CUDA graphs; the loader", 90,
+                iteration_time)
     run_section("5. D step at batch 1024, bf16 (target >= 250k img/s)", 150, d_step_1024)
     run_section("6. Step grid", 120, grid)
     say(f"\ntotal {time.perf_counter() - T_START:.0f} s")

@@ -21,6 +21,10 @@ Generator cases (not in the default list; name them with --cases):
   capsg_convd  the `dcgan` iteration with the capsule generator (capsule G + conv D)
     python benchmarks/step.py --cases gen_dcgan gen_caps dcgan gan capsg_capsd capsg_convd --dtypes fp32
 Images per step: B for every case (an iteration counts its batch B once).
+  loop     the loop's own iteration: batch fetch, noise, D and G steps, bookkeeping (loop_cases.py)
+  data     the training loader alone, images per second at batch B (loop_cases.py; not by default)
+  data_ref the DataLoader it replaced, the same images (loop_cases.py; not by default)
+Images per step: B for every case (an iteration counts its batch B once); 20 B for data cases.
 FLOPs per image: from capsgan_dist.models.forward_flops on the einsum model (the same count for
 every implementation, so faster means more FLOP/s): D step 3 F_D, G step 3 F_G + 2 F_D (D only
 passes gradients back), G alone 3 F_G, iteration F_G/2 + 3 F_D + 3 F_G + 2 F_D. The capsule G's
@@ -32,6 +36,8 @@ MALLOC_MMAP_THRESHOLD_=65536 so that freed tensors leave RSS at once. It is the 
 memory (activations, routing intermediates, gradient buffers re-made each step); parameters,
 Adam moments and inputs live before the reset and are not in it. On CUDA: torch.cuda.max_memory_allocated.
 Results are printed as a table and appended to docs/benchmarks.md (--no-write to skip).
+The "vs ref" columns compare a case with its reference at the same settings: d and d_einsum with
+d_ref, data with data_ref, loop with gan (the bare steps: below 1x is what the loop adds).
 """
 
 from __future__ import annotations
@@ -48,13 +54,16 @@ from datetime import datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_CASES = ("d", "d_ref", "d_einsum", "g", "gan", "dcgan")
-CASES = (*DEFAULT_CASES, "d_em", "d_attention", "gen_dcgan", "gen_caps", "capsg_capsd", "capsg_convd")
+DEFAULT_CASES = ("d", "d_ref", "d_einsum", "g", "gan", "dcgan", "loop")
+CASES = (*DEFAULT_CASES, "d_em", "d_attention", "gen_dcgan", "gen_caps", "capsg_capsd", "capsg_convd", "data",
+         "data_ref")
 CAPSULE_G_CASES = ("gen_caps", "capsg_capsd", "capsg_convd")
 CONV_D_CASES = ("dcgan", "capsg_convd")
 # The D step with another routing kind (model.routing): the overrides that make it. em's 4x4 pose
 # matrices need 16-D primary capsules; the config's other sizes stay.
 ROUTING_CASES = {"d_em": ["model.routing=em", "model.primary_dim=16"], "d_attention": ["model.routing=attention"]}
+DATA_CASES = ("data", "data_ref")
+REFERENCE = {"d": "d_ref", "d_einsum": "d_ref", "data": "data_ref", "loop": "gan"}  # for the "vs ref" columns
 
 
 # ----------------------------------------------------------------------------- child: one case
@@ -68,17 +77,22 @@ def _autocast(device: str, dtype: str):
     return contextlib.nullcontext()
 
 
-def build_case(case: str, batch: int, device: str, dtype: str, compile_: bool, config: str | None):
+def build_case(case: str, batch: int, device: str, dtype: str, compile_: bool, config: str | None,
+               graphs: bool = False):
     """(step function, FLOPs per step, images per step, optimizers) for one case."""
     import torch
 
     sys.path.insert(0, str(REPO))
+    from benchmarks import loop_cases
     from benchmarks.reference_capsule import reference_from
     from capsgan_dist import losses
     from capsgan_dist.config import load_config
     from capsgan_dist.models import build_discriminator, build_generator, forward_flops
 
     config = REPO / config if config else None  # recorded relative to the repository root
+    if case in DATA_CASES:
+        step, images = loop_cases.data_case(case, config, batch, device, dtype)
+        return step, 0, images, ()
     cfg = load_config(config, [])
     dev = torch.device(device)
     torch.manual_seed(0)
@@ -104,6 +118,10 @@ def build_case(case: str, batch: int, device: str, dtype: str, compile_: bool, c
     else:
         D = build_discriminator(cfg)
         f_d = flops_of(build_discriminator(cfg_e), x1)
+    if case == "loop":  # the library builds its own models, optimizers and data
+        step, images, opts = loop_cases.loop_case(config, batch, device, dtype, compile_, graphs)
+        half = batch // 2
+        return step, f_g * (batch - half) + 3 * f_d * batch + (3 * f_g + 2 * f_d) * batch, images, opts
     if case == "d_ref":
         D = reference_from(cfg, D)
     elif case == "d_einsum":
@@ -229,9 +247,11 @@ def run_child(spec: dict) -> dict:
     built, out = {}, {}
     for case in cases:
         try:
+            if spec.get("graphs") and case in DATA_CASES:
+                raise ValueError("the loader is not captured in graphs (it copies from the host)")
             step, flops, images, _ = build_case(case, spec["batch"], device, spec["dtype"], spec["compile"],
-                                                spec["config"])
-            if spec.get("graphs"):
+                                                spec["config"], bool(spec.get("graphs")))
+            if spec.get("graphs") and case != "loop":  # the loop case replays GraphedSteps itself
                 step = _graphed(step, device)
             for _ in range(spec["warmup"]):
                 step()
@@ -399,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
                     for case in args.cases:
                         r = timed.get("cases", {}).get(case, {"error": timed.get("error", "no result")})
                         mem = {**spec, "case": case, "memory": True, "warmup": max(1, warm - 1)}
-                        if want_mem and "error" not in r:
+                        if want_mem and "error" not in r and case not in DATA_CASES:
                             m = (_in_process(mem) if args.inprocess else
                                  child(mem, args.timeout, {"MALLOC_MMAP_THRESHOLD_": "65536"}))
                             r["peak_bytes"] = m.get("peak_bytes")
@@ -445,9 +465,10 @@ def markdown(rows: list[dict], ceiling: dict, device: str = "cpu") -> str:
 
     basis = "cpu_s" if device == "cpu" else "wall_s"
     med = {(key(r), r["case"], b): statistics.median(r[b]) for r in rows if "wall_s" in r for b in ("wall_s", "cpu_s")}
+    images_of = {(key(r), r["case"]): r["images"] for r in rows if "wall_s" in r}
     per = "CPU-s" if device == "cpu" else "s"
     lines = ["| case | batch | dtype | compile | graphs | img/s | ms/step (median) | min | CPU ms/step | "
-             f"vs d_ref (wall) | vs d_ref (CPU) | vs d_einsum (CPU) | GFLOP per {per} | % of matmul | peak MB/img |",
+             f"vs ref (wall) | vs ref (CPU) | vs d_einsum (CPU) | GFLOP per {per} | % of matmul | peak MB/img |",
              "|" + "---|" * 15]
     yes = {True: "yes", False: "no"}
     for r in rows:
@@ -456,18 +477,23 @@ def markdown(rows: list[dict], ceiling: dict, device: str = "cpu") -> str:
             lines.append("| " + " | ".join(cells + [f"error: {r['error']}"] + [""] * 9) + " |")
             continue
         m, c = statistics.median(r["wall_s"]), statistics.median(r["cpu_s"])
-        k = key(r) if r["case"] in ("d", "d_ref", "d_einsum") else None  # speed-ups for D steps only
+        k, ref = key(r), REFERENCE.get(r["case"], "")
 
         def ratio(case: str, b: str, mine: float) -> str:
+            # Speed relative to `case` per image (data cases time 20 batches a step).
             other = med.get((k, case, b))  # noqa: B023 (used at once, inside this iteration)
-            return f"{other / mine:.2f}x" if other else ""
+            other_images = images_of.get((k, case))  # noqa: B023
+            if not other or not other_images:
+                return ""
+            return f"{(other / other_images) / (mine / r['images']):.2f}x"  # noqa: B023
 
         rate = r["flops"] / statistics.median(r[basis])
         top = ceiling.get(r["dtype"] + ("_cpu" if device == "cpu" else ""))
         peak = r.get("peak_bytes")
         cells += [f"{r['images'] / m:.1f}", f"{m * 1e3:.2f}", f"{min(r['wall_s']) * 1e3:.2f}", f"{c * 1e3:.1f}",
-                  ratio("d_ref", "wall_s", m), ratio("d_ref", "cpu_s", c), ratio("d_einsum", "cpu_s", c),
-                  f"{rate / 1e9:.1f}", f"{100 * rate / top:.0f}%" if top else "",
+                  ratio(ref, "wall_s", m), ratio(ref, "cpu_s", c),
+                  ratio("d_einsum", "cpu_s", c) if r["case"] == "d" else "",
+                  f"{rate / 1e9:.1f}" if rate else "", f"{100 * rate / top:.0f}%" if top and rate else "",
                   f"{peak / r['images'] / 2**20:.2f}" if peak is not None else ""]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

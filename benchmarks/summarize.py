@@ -1,6 +1,6 @@
 """Pool repeated runs of benchmarks/step.py (their --json files) into one table of medians.
 
-    python benchmarks/summarize.py benchmarks/results/cpu_*.json
+    python benchmarks/summarize.py benchmarks/results/cpu_f_*.json
 
 Samples of the same case and settings from every file are pooled; the table gives the median
 over all of them, and each speed-up is a ratio of pooled medians taken in the same runs.

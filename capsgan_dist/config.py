@@ -65,7 +65,7 @@ class DataConfig:
     synthetic_size: int = 2048
     """Number of images in the synthetic dataset."""
     num_workers: int = 0
-    """DataLoader worker processes per rank."""
+    """Unused: training batches are cut from memory by tensor indexing (loader.py); kept so older run configs load."""
     labels_per_class: int = 0
     """Semi-supervised mode when > 0: this many labeled training images per class (a seeded, class-balanced
     subset drawn with the run's `seed`); the rest of the training split is unlabeled (docs/semisup.md)."""
@@ -267,7 +267,9 @@ class TrainConfig:
     run_dir: Optional[str] = None
     """Exact run folder; default `<out_dir>/<name>-<time>`."""
     max_nonfinite: int = 10
-    """Stop after this many non-finite steps in a row (each one is skipped)."""
+    """Stop after this many non-finite steps in a row (each one is skipped; checked once per log window)."""
+    stop_check_every: int = 10
+    """Steps between the ranks' agreement on a preemption signal (a collective); 1 process: every step."""
     progress: bool = True
     """Progress on the main process's stderr: a bar on a terminal, else a line every progress_every_s."""
     progress_every_s: float = 30.0
@@ -275,7 +277,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_real", "batch_fake", "batch_labeled", "log_every", "sample_every",
-                     "checkpoint_every", "keep_checkpoints", "n_samples", "max_nonfinite"):
+                     "checkpoint_every", "keep_checkpoints", "n_samples", "max_nonfinite", "stop_check_every"):
             _positive("train", name, getattr(self, name), 1, strict=False)
         _positive("train", "progress_every_s", self.progress_every_s, 0, strict=False)
         _choice("train", "schedule", self.schedule, ("alternate", "both"))

@@ -13,11 +13,13 @@ not the GPU, sets the pace (measured on an H200 with a plain einsum CapsuleGAN: 
 - 3 warm-up D+G iterations on a side stream (lazy optimizer state, cuBLAS workspaces), after which
   every parameter, buffer and optimizer state is put back, so the run trains as the eager one;
 - gradients allocated by the captured backward and overwritten by every replay;
-- the step's statistics read back with one device-to-host copy.
+- a step with a non-finite gradient norm skipped inside the graph, as in the eager loop: fused
+  Adam reads a device-side `found_inf` computed from the norm (capsgan_dist/optim.py);
+- the step's statistics left on the device in a static output, added to the log window's sums
+  by the loop (step_stats.py) and read by the host once per window, not once per step.
 
-Differences from the eager loop (train.py): a step with a non-finite gradient norm is applied,
-not skipped (the run still stops after `train.max_nonfinite` of them in a row); bf16 autocast runs
-with its weight-cast cache off (a cache filled during capture would be stale on replay).
+Difference from the eager loop (steps.py): bf16 autocast runs with its weight-cast cache off (a
+cache filled during capture would be stale on replay).
 """
 
 from __future__ import annotations
@@ -31,15 +33,13 @@ import torch
 from accelerate.utils import DistributedType
 from torch import nn
 
-from capsgan_dist import losses
+from capsgan_dist import losses, optim
 from capsgan_dist.config import Config
 from capsgan_dist.dist import Dist, noise
 from capsgan_dist.errors import ConfigError
+from capsgan_dist.steps import D_NOISE, G_NOISE, GanSteps  # the eager loop's salts: same noise, same run
 
 WARMUP_ITERS = 3
-# train.py's noise salts (same noise, same run as the eager loop; a test checks they agree). Not
-# imported from train.py so that this module runs where torchvision (plots.py) is missing.
-_D_NOISE, _G_NOISE = 1, 2
 
 
 def check_supported(cfg: Config, dist: Dist) -> None:
@@ -94,7 +94,7 @@ class TrainingState:
                         v.zero_()  # state born in the warm-up: zero is Adam before its first step
 
 
-class GraphedSteps:
+class GraphedSteps(GanSteps):
     """`d_step(step)` and `g_step(step)` as train.py's, each one replay of a captured CUDA graph."""
 
     def __init__(self, cfg: Config, dist: Dist, G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer,
@@ -108,6 +108,10 @@ class GraphedSteps:
         self.G = dist.acc_g.unwrap_model(G, keep_fp32_wrapper=False)
         self.D = dist.acc_d.unwrap_model(D, keep_fp32_wrapper=False)
         self.opt_g, self.opt_d = getattr(opt_g, "optimizer", opt_g), getattr(opt_d, "optimizer", opt_d)
+        for opt in (self.opt_g, self.opt_d):
+            if not optim.skips_on_device(opt):  # the non-finite guard inside the graph needs it
+                raise ConfigError(f"perf.cuda_graphs=true needs fused Adam (capsgan_dist.optim.build_adam), "
+                                  f"not {type(opt).__name__} with fused={opt.param_groups[0].get('fused')}")
         s, c = cfg.data.image_size, cfg.data.channels
         self.real = torch.zeros(t.batch_real, c, s, s, device=dev)  # static inputs
         self.z_d = torch.zeros(t.batch_fake, cfg.model.latent_dim, device=dev)
@@ -140,7 +144,7 @@ class GraphedSteps:
         loss = losses.d_loss(lr_, lf, self.cfg.loss)
         loss.backward()
         gnorm = self._grad_norm(self.D)
-        self.opt_d.step()
+        optim.step_if_finite(self.opt_d, gnorm)  # skipped on the device (captured) when gnorm is not finite
         return torch.stack([loss.detach(), losses.d_accuracy(lr_, lf), torch.sigmoid(lr_).mean().detach(),
                             torch.sigmoid(lf).mean().detach(), gnorm.float()])
 
@@ -153,7 +157,7 @@ class GraphedSteps:
             loss = losses.g_loss(logits.float(), self.cfg.loss)
             loss.backward()
             gnorm = self._grad_norm(self.G)
-            self.opt_g.step()
+            optim.step_if_finite(self.opt_g, gnorm)
         finally:
             self.D.requires_grad_(True)
         return torch.stack([loss.detach(), gnorm.float()])
@@ -184,24 +188,24 @@ class GraphedSteps:
         with torch.cuda.graph(self.graph_g):
             self.out_g = self._g_body()
 
-    def d_step(self, step: int) -> dict[str, float]:
-        """Copy this step's real batch and noise into the static inputs, replay the D graph."""
+    def d_step(self, step: int) -> torch.Tensor:
+        """Copy this step's real batch and noise into the static inputs, replay the D graph.
+
+        Returns the graph's static output (step_stats.D_KEYS, on the device): the next replay
+        overwrites it, so use it (the loop adds it to its window sums) before the next D step.
+        """
         t, rank = self.cfg.train, self.dist.rank
         self.real.copy_(next(self.real_batches), non_blocking=True)
         self.z_d.copy_(noise(t.batch_fake, self.cfg.model.latent_dim, self.dist.device, self.cfg.seed, step,
-                             rank, _D_NOISE))
-        out = self._run(self.graph_d, self._d_body, self.opt_d)
-        loss, acc, d_real, d_fake, gnorm = out.tolist()  # the one host sync of the step
-        return {"loss_d": loss, "acc_d": acc, "d_real": d_real, "d_fake": d_fake, "gnorm_d": gnorm,
-                "images": float(len(self.real) + len(self.z_d))}
+                             rank, D_NOISE))
+        return self._run(self.graph_d, self._d_body, self.opt_d)
 
-    def g_step(self, step: int) -> dict[str, float]:
-        """Copy this step's noise into the static input, replay the G graph."""
+    def g_step(self, step: int) -> torch.Tensor:
+        """Copy this step's noise into the static input, replay the G graph; step_stats.G_KEYS on the device."""
         t = self.cfg.train
         self.z_g.copy_(noise(t.batch_real + t.batch_fake, self.cfg.model.latent_dim, self.dist.device,
-                             self.cfg.seed, step, self.dist.rank, _G_NOISE))
-        loss, gnorm = self._run(self.graph_g, self._g_body, self.opt_g).tolist()
-        return {"loss_g": loss, "gnorm_g": gnorm, "images": float(len(self.z_g))}
+                             self.cfg.seed, step, self.dist.rank, G_NOISE))
+        return self._run(self.graph_g, self._g_body, self.opt_g)
 
     def _run(self, graph, body, opt: torch.optim.Optimizer) -> torch.Tensor:
         """Replay `graph`; without one (capture=False, the CPU tests) run `body` eagerly instead."""

@@ -192,9 +192,13 @@ class EpochShuffle(Sampler[int]):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def permutation(self, epoch: int) -> torch.Tensor:
+        """The order of `epoch`: a permutation of range(n) (int64) seeded by (seed, epoch) only."""
+        g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        return torch.randperm(self.n, generator=g)
+
     def __iter__(self) -> Iterator[int]:
-        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(torch.randperm(self.n, generator=g).tolist())
+        return iter(self.permutation(self.epoch).tolist())
 
     def __len__(self) -> int:
         return self.n

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as torch_dist
 from accelerate import Accelerator
+from accelerate.utils import DistributedType
 
 from capsgan_dist.config import Config
 from capsgan_dist.errors import ConfigError
@@ -42,6 +43,11 @@ class Dist:
     def device(self) -> torch.device:
         return self.acc_g.device
 
+    @property
+    def deepspeed(self) -> bool:
+        """True when DeepSpeed engines own the optimizers (their step is not a torch optimizer's)."""
+        return self.acc_d.distributed_type == DistributedType.DEEPSPEED
+
     def barrier(self) -> None:
         self.acc_g.wait_for_everyone()
 
@@ -53,12 +59,18 @@ class Dist:
         """Sum of each scalar over all ranks."""
         return self._reduce(values, "sum")
 
+    def max(self, values: dict[str, float]) -> dict[str, float]:
+        """Maximum of each scalar over all ranks."""
+        return self._reduce(values, "max")
+
     def _reduce(self, values: dict[str, float], op: str) -> dict[str, float]:
-        if not values:
-            return {}
         keys = sorted(values)
+        if not values or self.world == 1:  # nothing to agree on: no trip through the device
+            return {k: float(values[k]) for k in keys}
         t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=self.device)
-        if self.world > 1:
+        if op == "max":  # Accelerate's reduce knows sum and mean only
+            t = self.acc_g.gather(t[None]).amax(dim=0)  # (world, n) -> (n,)
+        else:
             t = self.acc_g.reduce(t, reduction=op)
         return dict(zip(keys, t.tolist()))
 
@@ -111,9 +123,13 @@ def seed_for(*parts: int) -> int:
 
 
 def noise(n: int, dim: int, device: torch.device, *key: int) -> torch.Tensor:
-    """N(0, 1) latents that depend only on `key` (e.g. seed, step, rank): resumes redraw them exactly."""
-    g = torch.Generator().manual_seed(seed_for(*key))
-    return torch.randn(n, dim, generator=g).to(device)
+    """N(0, 1) latents that depend only on `key` (e.g. seed, step, rank): resumes redraw them exactly.
+
+    Drawn on `device` by a generator of that device, so a GPU run copies nothing from the host.
+    The values depend on the device kind (CPU and CUDA generators differ), never on its state.
+    """
+    g = torch.Generator(device=device).manual_seed(seed_for(*key))
+    return torch.randn(n, dim, generator=g, device=device)
 
 
 def scaled_lr(lr: float, rule: str, world: int) -> float:

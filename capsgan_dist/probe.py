@@ -13,7 +13,9 @@ training with, in order of occurrence:
   cross-rank gradient average; DeepSpeed's ZeRO optimizers are not torch optimizers, so not there);
 - ("final", {"G": state_dict, "D": state_dict}) when training ends.
 
-It uses forward pre-hooks and optimizer step hooks only, so the training loop is unchanged.
+It uses forward pre-hooks and optimizer step hooks only, so the training loop is unchanged. Those
+hooks copy tensors to the CPU, which a CUDA-graph capture forbids: the probe refuses
+`perf.cuda_graphs=true` before any work.
 """
 
 from __future__ import annotations
@@ -24,7 +26,20 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from capsgan_dist.errors import ConfigError
+
 ENV = "CAPSGAN_PROBE"
+
+
+def enabled() -> bool:
+    return os.environ.get(ENV, "0") == "1"
+
+
+def check_supported(cfg) -> None:
+    """Raise a ConfigError for a run the probe cannot record (CUDA-graph steps), before any work."""
+    if enabled() and cfg.perf.cuda_graphs:
+        raise ConfigError(f"{ENV}=1 cannot record a perf.cuda_graphs=true run (its hooks copy tensors to the CPU, "
+                          f"which graph capture forbids); unset {ENV} or set perf.cuda_graphs=false")
 
 
 def _state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -78,6 +93,6 @@ class _NoProbe:
 
 def attach(run_dir: Path, dist, G: nn.Module, D: nn.Module, opt_g, opt_d) -> Probe | _NoProbe:
     """A Probe on the unwrapped G and D when CAPSGAN_PROBE=1, else an object that does nothing."""
-    if os.environ.get(ENV, "0") != "1":
+    if not enabled():
         return _NoProbe()
     return Probe(Path(run_dir) / "probe" / f"rank{dist.rank}.pt", dist.rank, dist.world, G, D, opt_g, opt_d)

@@ -23,10 +23,13 @@ from capsgan_dist import losses
 from capsgan_dist.config import Config
 from capsgan_dist.data import SemiSupSplits
 from capsgan_dist.dist import Dist, noise, seed_for
+from capsgan_dist.steps import D_NOISE, G_NOISE, apply_update
 
-# train.py's noise salts (the same fakes as the GAN path), then this module's data-stream salts.
-_D_NOISE, _G_NOISE = 1, 2
+# This module's data-stream salts (the fakes use the GAN path's noise salts).
 _LABELED, _FM_REAL = 11, 12
+# D-step statistics beyond steps.D_KEYS, kept on the device and read once per log window.
+_EXTRA_KEYS = ("loss_sup", "loss_unsup", "acc_lab")
+_GAN_ONLY = ("acc_d", "d_real", "d_fake", "loss_g", "gnorm_g")  # meaningless without the GAN part
 
 
 def stream_indices(n: int, batch: int, k: int, seed: int, salt: int, world: int = 1, rank: int = 0) -> torch.Tensor:
@@ -51,55 +54,76 @@ def to_unit(images: torch.Tensor) -> torch.Tensor:
 
 
 class SemiSupervised:
-    """`d_step(step)` / `g_step(step)` with train.py's signatures, and the test error as an eval hook."""
+    """The loop's steps (steps.Steps: statistics as device tensors) and the test error as an eval hook."""
 
     def __init__(self, cfg: Config, dist: Dist, splits: SemiSupSplits, G: nn.Module, D: nn.Module,
                  D_plain: nn.Module, opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer,
-                 real_batches: Iterator[torch.Tensor], clip: float,
-                 apply_step: Callable[..., float]) -> None:
+                 real_batches: Iterator[torch.Tensor], clip: float) -> None:
         self.cfg, self.dist, self.splits = cfg, dist, splits
         self.G, self.D, self.D_plain, self.opt_g, self.opt_d = G, D, D_plain, opt_g, opt_d
-        self.real_batches, self.clip, self.apply_step = real_batches, clip, apply_step
+        self.real_batches, self.clip = real_batches, clip
         self.gan = cfg.loss.unsup_weight > 0
+        self._extra = torch.zeros(len(_EXTRA_KEYS), dtype=torch.float64, device=dist.device)
+        self._extra_n = 0
         both = cfg.train.schedule == "both"
         self._update = (lambda step: step) if both else (lambda step: step // 2)  # updates of D (or G) before step
 
-    def d_step(self, step: int) -> dict[str, float]:
+    def images(self, do_d: bool, do_g: bool) -> float:
+        """Images through the models in a step: labeled + unlabeled + fake of a D update, G's latents."""
+        t = self.cfg.train
+        d = t.batch_labeled + (t.batch_real + t.batch_fake if self.gan else 0)
+        return float(d * do_d + (t.batch_real + t.batch_fake if self.gan else 0) * do_g)
+
+    def window_extras(self) -> dict[str, float | None]:
+        """Means of the labeled-loss statistics over the window's D steps (one host read); GAN keys
+        dropped for the supervised-only baseline."""
+        out: dict[str, float | None] = dict.fromkeys(_GAN_ONLY) if not self.gan else {}
+        if self._extra_n:
+            sums = self._extra.tolist()
+            out.update({k: v / self._extra_n for k, v in zip(_EXTRA_KEYS, sums) if self.gan or k != "loss_unsup"})
+        self._extra.zero_()
+        self._extra_n = 0
+        return out
+
+    def d_step(self, step: int) -> torch.Tensor:
+        """One D update on labeled, unlabeled and generated images; returns steps.D_KEYS (5,) on the device."""
         cfg, t, dist = self.cfg, self.cfg.train, self.dist
         idx = stream_indices(len(self.splits.labeled_x), t.batch_labeled, self._update(step), cfg.seed, _LABELED,
                              dist.world, dist.rank)
         x_lab = to_unit(self.splits.labeled_x[idx]).to(dist.device)
         y = self.splits.labeled_y[idx].to(dist.device)
+        zero = torch.zeros((), device=dist.device)
         if not self.gan:  # supervised-only baseline
             logits_lab = self.D(x_lab)
             loss, parts = losses.semisup_d_loss(logits_lab, y, None, None, cfg.loss)
-            stats = {}
-            images = len(x_lab)
+            acc_d = d_real = d_fake = zero  # dropped from the log (window_extras)
         else:
             real = next(self.real_batches)
-            z = noise(t.batch_fake, cfg.model.latent_dim, dist.device, cfg.seed, step, dist.rank, _D_NOISE)
+            z = noise(t.batch_fake, cfg.model.latent_dim, dist.device, cfg.seed, step, dist.rank, D_NOISE)
             with torch.no_grad():
                 fake = self.G(z)
             logits = self.D(torch.cat([x_lab, real, fake.to(real.dtype)]))  # (B_lab + B_real + B_fake, K)
             logits_lab, lr_, lf = logits.split([len(x_lab), len(real), len(fake)])
             loss, parts = losses.semisup_d_loss(logits_lab, y, lr_, lf, cfg.loss)
             r, f = losses.real_logit(lr_), losses.real_logit(lf)
-            stats = {"acc_d": losses.d_accuracy(r, f).item(), "d_real": torch.sigmoid(r).mean().item(),
-                     "d_fake": torch.sigmoid(f).mean().item()}
-            images = len(x_lab) + len(real) + len(fake)
+            acc_d, d_real, d_fake = losses.d_accuracy(r, f), torch.sigmoid(r).mean(), torch.sigmoid(f).mean()
         dist.acc_d.backward(loss)
-        gnorm = self.apply_step(dist.acc_d, self.D, self.opt_d, self.clip)
-        return {"loss_d": loss.item(), **{k: v.item() for k, v in parts.items()},
-                "acc_lab": losses.class_accuracy(logits_lab, y).item(), **stats, "gnorm_d": gnorm,
-                "images": float(images)}
+        gnorm = apply_update(dist.acc_d, self.D, self.opt_d, self.clip, dist.device)
+        with torch.no_grad():
+            extra = [parts["loss_sup"], parts.get("loss_unsup", zero), losses.class_accuracy(logits_lab, y)]
+            self._extra += torch.stack([e.detach().double() for e in extra])
+            self._extra_n += 1
+            return torch.stack([loss.detach().float(), acc_d.float(), d_real.float(), d_fake.float(), gnorm])
 
-    def g_step(self, step: int) -> dict[str, float]:
+    def g_step(self, step: int) -> torch.Tensor | None:
+        """One G update (GAN loss on log Z, or feature matching); returns steps.G_KEYS (2,), or None
+        for the supervised-only baseline, whose G is never updated."""
         if not self.gan:
-            return {"images": 0.0}  # supervised-only baseline: G is never updated
+            return None
         cfg, t, dist = self.cfg, self.cfg.train, self.dist
         self.D.requires_grad_(False)  # frozen: no D grads, and DeepSpeed needs it (ENV-NOTES)
         n = t.batch_real + t.batch_fake
-        z = noise(n, cfg.model.latent_dim, dist.device, cfg.seed, step, dist.rank, _G_NOISE)
+        z = noise(n, cfg.model.latent_dim, dist.device, cfg.seed, step, dist.rank, G_NOISE)
         fake = self.G(z)
         if cfg.loss.generator == "feature_matching":
             idx = stream_indices(len(self.splits.unlabeled_x), n, self._update(step), cfg.seed, _FM_REAL,
@@ -110,9 +134,10 @@ class SemiSupervised:
         else:
             loss = losses.g_loss(losses.real_logit(self.D_plain(fake)), cfg.loss)
         dist.acc_g.backward(loss)
-        gnorm = self.apply_step(dist.acc_g, self.G, self.opt_g, self.clip)
+        gnorm = apply_update(dist.acc_g, self.G, self.opt_g, self.clip, dist.device)
         self.D.requires_grad_(True)
-        return {"loss_g": loss.item(), "gnorm_g": gnorm, "images": float(n)}
+        with torch.no_grad():
+            return torch.stack([loss.detach().float(), gnorm])
 
     @torch.no_grad()
     def test_error(self) -> dict[str, float]:

@@ -133,16 +133,16 @@ def _has_wandb_key() -> bool:
 
 
 def gpu_memory(dist: Any) -> dict[str, float]:
-    """Peak allocated and reserved GPU memory in GiB, the max over ranks ({} without a GPU).
+    """Peak allocated and peak reserved GPU memory since the process started, in GiB, the max over
+    ranks ({} without a GPU). Host values only: no read from the device.
 
-    Collective: every rank must call it (they all have a GPU or none does).
+    Collective when there are several ranks: every rank must call it (they all have a GPU or none does).
     """
     if dist.device.type != "cuda":
         return {}
-    mine = torch.tensor([torch.cuda.max_memory_allocated(dist.device), torch.cuda.memory_reserved(dist.device)],
-                        dtype=torch.float64, device=dist.device) / 2**30
-    peak = dist.gather(mine[None]).amax(dim=0)  # (world, 2) -> (2,)
-    return {"gpu_mem_alloc_gb": peak[0].item(), "gpu_mem_reserved_gb": peak[1].item()}
+    gib = 2**30
+    return dist.max({"gpu_mem_alloc_gb": torch.cuda.max_memory_allocated(dist.device) / gib,
+                     "gpu_mem_reserved_gb": torch.cuda.max_memory_reserved(dist.device) / gib})
 
 
 DEBUG_RANK_METRICS_ENV = "CAPSGAN_DEBUG_RANK_METRICS"

@@ -408,8 +408,14 @@ def test_fp16_without_gpu_is_a_clear_error(tmp_path):
 
 
 def test_fp16_loss_scaler_sees_overflow_steps():
-    """`_step` lets an fp16 GradScaler skip an inf step itself (and back off), instead of bypassing it."""
-    from capsgan_dist.train import _step
+    """The loop's update lets an fp16 GradScaler skip an inf step itself (and back off), instead of bypassing it."""
+    from capsgan_dist import optim
+
+    def _step(acc, model, opt, clip):  # what steps.EagerSteps._update does, the norm read here
+        norm = optim.grad_norm(model, clip, acc)
+        optim.step_if_finite(opt, norm, acc)
+        opt.zero_grad(set_to_none=True)
+        return float(norm)
 
     # What Accelerate does with mixed_precision=fp16 on a GPU (AcceleratedOptimizer.step and
     # Accelerator.clip_grad_norm_), with torch's CPU GradScaler standing in for the CUDA one.

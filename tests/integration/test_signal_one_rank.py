@@ -1,8 +1,8 @@
 """A preemption signal that reaches only one rank still stops every rank at the same step, with a checkpoint.
 
 On a cluster the signal may reach some processes late or not at all (e.g. a node whose srun task was
-not signalled). train.py reduces the stop flag across ranks every step, so all ranks leave the loop
-together; otherwise the others would hang in the next collective.
+not signalled). The ranks agree on the stop flag every train.stop_check_every steps (stop.py), so all
+ranks leave the loop together; otherwise the others would hang in the next collective.
 """
 
 from __future__ import annotations

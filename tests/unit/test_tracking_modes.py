@@ -102,3 +102,16 @@ def test_rank_metrics_recorder_is_off_unless_asked(tmp_path: Path, monkeypatch) 
 
 def test_gpu_memory_is_empty_without_a_gpu() -> None:
     assert gpu_memory(SimpleNamespace(device=torch.device("cpu"))) == {}
+
+
+def test_gpu_memory_logs_peaks_not_current_values(monkeypatch) -> None:
+    """Both columns are peaks (the reserved one used to be the current reservation), max over ranks."""
+    gib = 2**30
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: 3 * gib)
+    monkeypatch.setattr(torch.cuda, "max_memory_reserved", lambda device=None: 5 * gib)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 1 * gib)
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 2 * gib)
+    reduced = []
+    fake = SimpleNamespace(device=torch.device("cuda", 0), max=lambda values: reduced.append(values) or values)
+    assert gpu_memory(fake) == {"gpu_mem_alloc_gb": 3.0, "gpu_mem_reserved_gb": 5.0}
+    assert len(reduced) == 1  # one reduction over ranks (max), on host values
