@@ -121,7 +121,7 @@ class SemiSupervised:
         if not self.gan:
             return None
         cfg, t, dist = self.cfg, self.cfg.train, self.dist
-        self.D.requires_grad_(False)  # frozen: no D grads, and DeepSpeed needs it (ENV-NOTES)
+        self.D.requires_grad_(False)  # frozen: no D grads, and DeepSpeed needs it (docs/distributed.md)
         n = t.batch_real + t.batch_fake
         z = noise(n, cfg.model.latent_dim, dist.device, cfg.seed, step, dist.rank, G_NOISE)
         fake = self.G(z)

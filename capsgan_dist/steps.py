@@ -86,7 +86,7 @@ class EagerSteps(GanSteps):
     def g_step(self, step: int) -> torch.Tensor:
         """One G update on batch_real + batch_fake latents through the frozen D; returns G_KEYS (2,)."""
         t, dist = self.cfg.train, self.dist
-        self.D.requires_grad_(False)  # frozen: no D grads, and DeepSpeed needs it (ENV-NOTES)
+        self.D.requires_grad_(False)  # frozen: no D grads, and DeepSpeed needs it (docs/distributed.md)
         z = noise(t.batch_real + t.batch_fake, self.cfg.model.latent_dim, dist.device, self.cfg.seed, step,
                   dist.rank, G_NOISE)
         loss = losses.g_loss(self.D_plain(self.G(z)), self.cfg.loss)

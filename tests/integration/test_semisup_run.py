@@ -90,7 +90,7 @@ def test_semisup_resume_matches_uninterrupted_run_bitwise(semisup_run, tmp_path)
 
 
 def _wandb_history(run: Path) -> dict[int, dict]:
-    """History rows by step of the run's one offline W&B run, read with wandb's own reader (ENV-NOTES)."""
+    """History rows by step of the run's one offline W&B run, read with wandb's own reader (`wandb leet inspect`)."""
     (offline,) = [d for d in (run / "wandb").iterdir() if d.is_dir() and d.name.startswith("offline-run-")]
     out = subprocess.run([sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(offline)],
                          capture_output=True, text=True, timeout=60, check=True).stdout
