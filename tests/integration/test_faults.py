@@ -52,8 +52,8 @@ def _final_state(run: Path, step: int = STEPS) -> dict[str, torch.Tensor]:
 
 
 def _rows(run: Path) -> list[dict]:
-    """metrics.jsonl rows without the timing column."""
-    return [{k: v for k, v in json.loads(line).items() if k != "img_s"}
+    """metrics.jsonl rows without the timing columns (throughput and CPU time are measurements)."""
+    return [{k: v for k, v in json.loads(line).items() if k not in ("img_s", "cpu_s")}
             for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 

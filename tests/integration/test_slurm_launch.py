@@ -107,10 +107,9 @@ def test_preempted_job_checkpoints_exits_75_and_resubmission_resumes(slurm_clust
     assert (job.state, job.exit_code) == ("COMPLETED", 0), log2[-4000:]
     assert f"train.run_dir={run_dir}" in log2 and "resume=auto" in log2
 
-    # Resumed, not restarted: the progress bar starts at the checkpoint's step, the metrics rows up to
-    # it are the first job's rows, untouched, and the rest continue to the end.
-    first_frame = re.search(rf"(\d+)/{steps} \[", log2)
-    assert first_frame and int(first_frame.group(1)) == stopped_at, log2[-3000:]
+    # Resumed, not restarted: from the checkpoint of the step the first job stopped at; the metrics
+    # rows up to it are the first job's rows, untouched, and the rest continue to the end.
+    assert re.search(rf"capsgan: resuming \S+ from step_{stopped_at:07d}\n", log2), log2[-3000:]
     rows_after = (run_dir / "metrics.jsonl").read_text().splitlines()
     kept = [r for r in rows_before if json.loads(r)["step"] <= stopped_at]
     assert kept and rows_after[: len(kept)] == kept
