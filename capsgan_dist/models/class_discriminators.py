@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from capsgan_dist.models.capsules import PrimaryCaps, RoutedCaps, capsule_lengths, conv_out
+from capsgan_dist.models.discriminators import conv_body
 
 # |v| is clamped below 1 so logit(|v|) stays finite in fp32 (l_k <= ~13.8, a probability of 1 - 1e-6).
 _MAX_LENGTH = 1.0 - 1e-6
@@ -65,11 +66,7 @@ class ConvClassDiscriminator(nn.Module):
     def __init__(self, image_size: int = 28, channels: int = 1,
                  widths: tuple[int, ...] = (64, 128, 256, 512), n_classes: int = 10):
         super().__init__()
-        layers: list[nn.Module] = []
-        size, c_in = image_size, channels
-        for w, stride in zip(widths, (2, 2, 2, 1)):
-            layers += [nn.Conv2d(c_in, w, 3, stride=stride, padding=1), nn.LeakyReLU(0.2)]
-            size, c_in = conv_out(size, 3, stride, 1), w
+        layers, size, c_in = conv_body(image_size, channels, widths)
         self.body = nn.Sequential(*layers)
         self.out = nn.Conv2d(c_in, n_classes, size)  # covers the whole remaining map
 

@@ -42,17 +42,23 @@ class CapsuleDiscriminator(nn.Module):
         return self.head(v).squeeze(-1)  # (B,) logits; sigmoid lives in the loss
 
 
+def conv_body(image_size: int, channels: int, widths: tuple[int, ...]) -> tuple[list[nn.Module], int, int]:
+    """The DCGAN D's 4 strided 3x3 convs with LeakyReLU: the layers, then the map size and channels after them."""
+    layers: list[nn.Module] = []
+    size, c_in = image_size, channels
+    for w, stride in zip(widths, (2, 2, 2, 1)):
+        layers += [nn.Conv2d(c_in, w, 3, stride=stride, padding=1), nn.LeakyReLU(0.2)]
+        size, c_in = conv_out(size, 3, stride, 1), w
+    return layers, size, c_in
+
+
 class ConvDiscriminator(nn.Module):
     """DCGAN baseline: 4 strided 3x3 convs with LeakyReLU, then a 5th conv over the map -> logit."""
 
     def __init__(self, image_size: int = 28, channels: int = 1,
                  widths: tuple[int, ...] = (64, 128, 256, 512)):
         super().__init__()
-        layers: list[nn.Module] = []
-        size, c_in = image_size, channels
-        for w, stride in zip(widths, (2, 2, 2, 1)):
-            layers += [nn.Conv2d(c_in, w, 3, stride=stride, padding=1), nn.LeakyReLU(0.2)]
-            size, c_in = conv_out(size, 3, stride, 1), w
+        layers, size, c_in = conv_body(image_size, channels, widths)
         layers.append(nn.Conv2d(c_in, 1, size))  # 5th conv covers the whole remaining map
         self.net = nn.Sequential(*layers)
 
