@@ -314,7 +314,8 @@ def plot_curves(agg: dict, group: str, metric: str, out: Path, title: str, x: st
         ax.set_yscale("log")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend()
+    if ax.lines:  # rows without cpu_s (runs from before it was logged) draw nothing on the CPU-time plot
+        ax.legend()
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
