@@ -1,7 +1,7 @@
 """The GPU checks in one run: numerics, CUDA graphs, the two GPU targets, the step grid.
 
-NOT RUN YET: written on a machine without a GPU. Run it through benchmarks/gpu_check.sh (one
-device call, ~8 minutes); it writes three files to $OUT (default ./gpu_out): gpu_check.md (the
+NOT RUN YET: no GPU was available. Run it on a GPU machine through benchmarks/gpu_check.sh (one
+command, ~8 minutes); it writes three files to $OUT (default ./gpu_out): gpu_check.md (the
 report to paste into docs/benchmarks.md, with every step.py table and nvidia-smi in it),
 gpu_check.json (every raw number) and, from the shell wrapper, gpu_check.log.
 

@@ -14,7 +14,7 @@ import torch
 
 from capsgan_dist import checkpoint
 from capsgan_dist.config import load_config
-from capsgan_dist.data import load_images
+from capsgan_dist.metrics.evaluate import real_images
 from capsgan_dist.metrics.gam import battle
 from capsgan_dist.sample import load_models
 
@@ -49,10 +49,9 @@ def points_grid(cc, run_dir, out: Path) -> Path | None:
 
 def _test_images(cc, n: int) -> torch.Tensor:
     """Up to `n` real images of the `gam_split` split, a seeded random subset, in [-1, 1]."""
-    cfg = load_config(cc.base, [*cc.overrides, f"data.split={cc.gam_split}"])
-    images = load_images(cfg.data)
+    images = real_images(load_config(cc.base, [*cc.overrides, f"data.split={cc.gam_split}"]))
     idx = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:n]
-    return images[idx].float().div(127.5).sub(1.0)
+    return images[idx]
 
 
 def _key(a: str, sa: int, step_a: int, b: str, sb: int, step_b: int) -> str:

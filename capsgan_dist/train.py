@@ -192,9 +192,10 @@ def _train(cfg: Config, dist: Dist, require_checkpoint: bool,
             if log_now:
                 window = stats.read()  # the one host read of the window
                 skipped = _check_nonfinite(window, t, run_dir)
-                last = _reduce_window(window, time.perf_counter() - t_window, dist, steps.window_extras(),
-                                      record_rank and functools.partial(record_rank, done))
-                cpu_total += dist.sum({"cpu": cpu_pending})["cpu"]
+                last, cpu_window = _reduce_window(window, time.perf_counter() - t_window, cpu_pending, dist,
+                                                  steps.window_extras(),
+                                                  record_rank and functools.partial(record_rank, done))
+                cpu_total += cpu_window
                 cpu_pending, last["cpu_s"] = 0.0, cpu_total
                 last["lr_d"], last["lr_g"] = opt_d.param_groups[0]["lr"], opt_g.param_groups[0]["lr"]
                 last.update(gpu_memory(dist))
@@ -246,10 +247,11 @@ def _check_nonfinite(window: WindowStats, t: TrainConfig, run_dir: Path) -> int:
     return window.skipped
 
 
-def _reduce_window(window: WindowStats, elapsed: float, dist: Dist, extras: dict[str, float | None] | None = None,
-                   record: Callable[[dict[str, float]], None] | None = None) -> dict[str, float]:
+def _reduce_window(window: WindowStats, elapsed: float, cpu_s: float, dist: Dist,
+                   extras: dict[str, float | None] | None = None,
+                   record: Callable[[dict[str, float]], None] | None = None) -> tuple[dict[str, float], float]:
     """Per-rank means over the log window (plus the steps' extras; None drops a key), averaged over
-    ranks; img/s summed over ranks."""
+    ranks, with img/s summed over ranks; and this window's training CPU-seconds summed over ranks."""
     means = dict(window.means)
     for k, v in (extras or {}).items():
         if v is None:
@@ -260,9 +262,10 @@ def _reduce_window(window: WindowStats, elapsed: float, dist: Dist, extras: dict
     if record:  # debug hook: this rank's values before the reduction
         record({**means, "img_s": img_s})
     out = dist.mean(means)
-    out["img_s"] = dist.sum({"img_s": img_s})["img_s"]
+    sums = dist.sum({"img_s": img_s, "cpu_s": cpu_s})  # one reduction for both
+    out["img_s"] = sums["img_s"]
     out["skipped_steps"] = float(window.skipped)
-    return out
+    return out, sums["cpu_s"]
 
 
 def _sample(G: torch.nn.Module, dist: Dist, z: torch.Tensor) -> torch.Tensor:

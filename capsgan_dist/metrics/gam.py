@@ -17,6 +17,8 @@ import math
 import torch
 from torch import nn
 
+from capsgan_dist.metrics.evaluate import generate
+
 
 def error_rate(D: nn.Module, images: torch.Tensor, real: bool, batch: int = 500) -> float:
     """Share of `images` that D misclassifies (real ones called fake, or generated ones called real)."""
@@ -47,8 +49,7 @@ def battle(G1: nn.Module, D1: nn.Module, G2: nn.Module, D2: nn.Module, test_imag
     z1 = torch.randn(n, G1.latent_dim, generator=gen)
     z2 = torch.randn(n, G2.latent_dim, generator=gen)
     with torch.no_grad():
-        s1 = torch.cat([G1(z1[i: i + batch]) for i in range(0, n, batch)])
-        s2 = torch.cat([G2(z2[i: i + batch]) for i in range(0, n, batch)])
+        s1, s2 = generate(G1, z1, batch), generate(G2, z2, batch)
     err = {
         "test_d1": error_rate(D1, test_images, real=True, batch=batch),
         "test_d2": error_rate(D2, test_images, real=True, batch=batch),
