@@ -7,7 +7,7 @@ plus the GAN loss on D(x) = Z / (Z + 1). G's step is the GAN's, on log Z, or fea
 (sec. 3.1) against a batch of unlabeled images. `loss.unsup_weight=0` is the supervised-only
 baseline: D sees the labeled batches alone, in the same order, and G is never updated.
 
-Unlabeled batches come from train.py's loader (the unlabeled split, sharded by Accelerate).
+Unlabeled batches come from train.py's loader (loader.py over the unlabeled split, sharded per rank).
 Labeled batches and feature matching's real batches are pure functions of (seed, update index,
 rank), so a resumed run reads exactly what the uninterrupted one would have.
 """
