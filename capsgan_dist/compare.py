@@ -8,7 +8,9 @@ GAM battles), fid.png and fid_cpu.png (FID vs step and vs training CPU-seconds),
 (routing iterations), routing.png (routing kinds), grid_step_XXXXXXX.png (fixed-noise samples side
 by side, paper Fig. 10) and grid_points.png (every seed at every comparison point).
 Finished runs are skipped, interrupted ones resumed from their newest checkpoint and GAM battles
-already fought are read back, so the command can simply be rerun.
+already fought are read back, so the command can simply be rerun. `--only MODEL[,MODEL]` trains
+just those models' runs and writes no report, so one compare can be split over several processes
+(one per core); a last run without it writes the report.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -174,15 +177,22 @@ def _finished(run_dir: Path, steps: int) -> bool:
     return found is not None and int(found[1]["step"]) >= steps
 
 
-def run_all(cc: CompareConfig, log=print) -> bool:
-    """Train every (variant, seed) not finished yet, one after another; False if stopped by a signal."""
+def run_all(cc: CompareConfig, log=print, only: Sequence[str] = ()) -> bool:
+    """Train every (variant, seed) not finished yet, one after another; False if stopped by a signal.
+    `only` limits the training to the named variants (one compare split over several processes)."""
     from capsgan_dist.train import train
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise UserError("capsgan compare runs its trainings one after another in one process; "
                         "launch it without torchrun/accelerate (each run's own config may still say "
                         "how to train)")
-    todo = {(v.name, s): v for s in cc.seeds for v in variants(cc)}  # seed-major: early seeds complete first
+    names = [v.name for v in variants(cc)]
+    unknown = [n for n in only if n not in names]
+    if unknown:
+        raise UserError(f"compare --only {','.join(unknown)}: not a model of {cc.name} "
+                        f"(its models and ablation runs: {', '.join(names)})")
+    todo = {(v.name, s): v for s in cc.seeds for v in variants(cc)  # seed-major: early seeds complete first
+            if not only or v.name in only}
     for i, ((name, seed), v) in enumerate(todo.items(), 1):
         run_dir = _run_dir(cc, name, seed)
         cfg = _train_config(cc, v.overrides, seed, run_dir, cc.points.get(name))
@@ -385,8 +395,9 @@ def report(cc: CompareConfig) -> dict:
     return agg
 
 
-def compare(cc: CompareConfig, log=print) -> dict | None:
-    """Train what is missing, then write the report; returns the aggregate (None if stopped early)."""
+def compare(cc: CompareConfig, log=print, only: Sequence[str] = ()) -> dict | None:
+    """Train what is missing, then write the report; returns the aggregate (None if stopped early).
+    With `only`, train those variants' runs and write no report ({} when they all finished)."""
     longest = max(_variant_steps(cc, v) for v in variants(cc))
     skipped = [s for s in cc.grid_steps if s > longest or (s % cc.eval_every and s != longest)]
     if skipped:
@@ -394,9 +405,9 @@ def compare(cc: CompareConfig, log=print) -> dict | None:
             "interval: left out")
     for v in variants(cc):  # every variant's config is valid (e.g. em's capsule sizes) before any training
         _train_config(cc, v.overrides, cc.seeds[0], Path("."))
-    if not run_all(cc, log):
+    if not run_all(cc, log, only):
         return None
-    return report(cc)
+    return {} if only else report(cc)
 
 
 __all__ = ["CompareConfig", "load_compare_config", "compare", "report", "aggregate", "eval_curve", "table"]

@@ -1,4 +1,5 @@
-"""`capsgan compare` on synthetic data: 2 models x 2 seeds + a routing ablation, then a rerun that skips."""
+"""`capsgan compare` on synthetic data: 2 models x 2 seeds + a routing ablation, one model trained first
+with --only, then a rerun that skips."""
 
 from __future__ import annotations
 
@@ -19,7 +20,13 @@ def test_compare_trains_both_models_over_seeds_and_reports(tmp_path: Path, mnist
     }
     path = tmp_path / "compare.yaml"
     path.write_text(yaml.safe_dump(cfg))
+    # One compare split over processes: --only trains those models' runs and writes no report ...
+    only = run_capsgan("compare", str(path), "--only", "dcgan", timeout=600)
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["dcgan"] and not (out / "table.md").exists()
+    assert "without --only to write the report" in only.stdout
+    # ... and the run without it trains the rest, skips what --only trained, and writes the report.
     proc = run_capsgan("compare", str(path), timeout=600)
+    assert proc.stdout.count("finished earlier, skipped") == 2  # dcgan seeds 0 and 1
     assert "grid steps [1000]" in proc.stdout  # beyond 20 steps: said, not silently dropped
 
     # Same generator, schedule, data and seed: the configs differ only in the discriminator.

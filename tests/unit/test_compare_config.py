@@ -103,3 +103,16 @@ def test_report_has_a_routing_kinds_table_and_plot(tmp_path: Path):
     table = (tmp_path / "out" / "table.md").read_text()
     assert "## Routing kinds (capsgan)" in table and "| capsgan_attention | 20 |" in table
     assert (tmp_path / "out" / "routing.png").stat().st_size > 1000
+
+
+def test_only_names_an_unknown_model_fails_before_any_training(tmp_path: Path, monkeypatch):
+    from capsgan_dist import compare as cmp
+    from capsgan_dist.errors import UserError
+
+    path = tmp_path / "c.yaml"
+    path.write_text(f"base: {REPO / 'configs' / 'debug.yaml'}\nout_dir: {tmp_path / 'out'}\n")
+    cc = load_compare_config(path, ["routing_ablation=[1]"])
+    monkeypatch.setattr("capsgan_dist.train.train", lambda *a, **k: pytest.fail("training started"))
+    with pytest.raises(UserError, match=r"--only capsgn: not a model .*capsgan, dcgan, capsgan_r1"):
+        cmp.compare(cc, only=["capsgn"])
+    assert not (tmp_path / "out").exists()
