@@ -9,4 +9,4 @@ export PYTHONPATH=$PWD WANDB_MODE=offline OMP_NUM_THREADS=1
 /usr/bin/time -v .venv/bin/python -m capsgan_dist sweep configs/sweep_routing.yaml name=mnist_routing_kinds \
   data.name=idx data.root=../shared/data/mnist train.log_every=20 tracking.backend=local train.progress=false \
   model.conv1_channels=32 model.primary_channels=8 model.primary_dim=16 model.caps_dim=16 model.dense=32 "$@"
-.venv/bin/python scripts/results/sweep_fids.py sweeps/mnist_routing_kinds
+.venv/bin/python scripts/results/sweep_fids.py sweeps/mnist_routing_kinds --plot sweeps/mnist_routing_kinds/fid.png
