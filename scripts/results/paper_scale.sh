@@ -31,6 +31,9 @@ for dataset in "${datasets[@]}"; do
   (nice -n 10 $CAPSGAN compare "$cfg" --only capsgan 'seeds=[2]' &&
     nice -n 10 $CAPSGAN compare "$cfg" --only dcgan) >> "${log}_lane_b.log" 2>&1 &
   b=$!
-  wait "$a" && wait "$b" || { echo "paper_scale.sh: a $dataset lane stopped (see ${log}_lane_*.log)" >&2; exit 1; }
+  if ! wait "$a" || ! wait "$b"; then
+    echo "paper_scale.sh: a $dataset lane stopped (see ${log}_lane_*.log); rerun to continue" >&2
+    exit 1
+  fi
   nice -n 10 $CAPSGAN compare "$cfg" >> "$log.log" 2>&1  # everything trained: the report and GAM battles
 done

@@ -23,7 +23,7 @@ FASHION=/usr/share/datasets/fashion-mnist
 
 if [ "${1:-}" = smoke ]; then  # tiny models and few steps: proves every command runs, measures nothing
   SEEDS=${SEEDS:-0} STEPS=${STEPS:-20} EVAL_EVERY=${EVAL_EVERY:-10} CAPSNET_VIEWS=${CAPSNET_VIEWS:-128}
-  OUT=${OUT:-runs/semisup_smoke}
+  OUT=${OUT:-runs/semisup_smoke} RECORD=${RECORD:-}
   EXTRA=${EXTRA:-"model.conv1_channels=16 model.conv1_kernel=5 model.primary_kernel=5 model.primary_channels=4
     model.primary_dim=4 model.caps_dim=8 model.routing_iters=2 model.g_widths=[32,16,8,3] model.d_widths=[8,16,32,32]
     train.sample_every=1000 tracking.grid_every=1000"}
@@ -36,6 +36,10 @@ SETS=${SETS:-"mnist_100 mnist_1000 fashion_100"}
 MODELS=${MODELS:-"capsule_ssl conv_ssl capsule_sup conv_sup capsnet"}  # a subset: split the work over cores
 OUT=${OUT:-runs/semisup}
 EXTRA=${EXTRA:-}
+# Finished runs are recorded in a committed file and skipped later: the experiment takes several
+# sittings on a CPU, and run folders do not outlive the machine. The smoke run records nothing.
+RECORD=${RECORD-docs/data/semisup_runs.jsonl}
+recorded() { [ -n "$RECORD" ] && [ -f "$RECORD" ] && grep -qF "\"key\": \"$1\"" "$RECORD"; }
 
 for group in $SETS; do
   case $group in
@@ -47,6 +51,7 @@ for group in $SETS; do
   for seed in $SEEDS; do
     for model in $MODELS; do
       [ "$model" = capsnet ] && continue  # trained below
+      recorded "$group/$model/seed$seed" && { echo "$group/$model/seed$seed: recorded in $RECORD, skipped"; continue; }
       case $model in
         capsule_*) d=capsule ;;
         conv_*)    d=conv ;;
@@ -63,11 +68,11 @@ for group in $SETS; do
         train.progress=false name=${group}_${model} $EXTRA
     done
     clf=$OUT/$group/capsnet/seed$seed.safetensors
-    if [[ " $MODELS " == *" capsnet "* ]] && [ ! -f "${clf%.safetensors}.json" ]; then
+    if [[ " $MODELS " == *" capsnet "* ]] && [ ! -f "${clf%.safetensors}.json" ] && ! recorded "$group/capsnet/seed$seed"; then
       epochs=$(python3 -c "print($CAPSNET_VIEWS / (10 * $per_class))")
       /usr/bin/time -f "$clf: %e s wall, %U s user" $CAP classifier train --data $data --arch capsnet \
         --labels-per-class $per_class --seed "$seed" --split-seed 0 --holdout 2000 --epochs "$epochs" --out "$clf"
     fi
   done
 done
-.venv/bin/python scripts/results/semisup_table.py "$OUT"
+.venv/bin/python scripts/results/semisup_table.py "$OUT" ${RECORD:+--record "$RECORD"}

@@ -1,14 +1,21 @@
 """The semi-supervised table: final test error (%) per group and model, mean +- std over seeds.
 
-    python scripts/results/semisup_table.py runs/semisup      # after scripts/results/semisup.sh
+    python scripts/results/semisup_table.py runs/semisup                     # after scripts/results/semisup.sh
+    python scripts/results/semisup_table.py runs/semisup --record docs/data/semisup_runs.jsonl
 
-Reads each run's last `eval/test_error` row at its final step (metrics.jsonl) and each CapsNet
-classifier's held-out accuracy (its .json); writes OUT/table.md and prints it.
+Reads each finished run's last `eval/test_error` row at its final step (metrics.jsonl) and each
+CapsNet classifier's held-out accuracy (its .json). With --record, every finished run also becomes
+one line of the record file (test error, steps, training CPU s, commit), which is committed: the
+experiment is too long for one sitting on a CPU, and the run folders do not outlive the machine.
+The table is made from the record and the local runs together (a local run replaces its record
+line); scripts/results/semisup.sh skips runs already recorded. Writes OUT/table.md and prints it.
 """
 
+import argparse
 import json
+import os
 import statistics
-import sys
+import subprocess
 from pathlib import Path
 
 import yaml
@@ -18,37 +25,82 @@ MODELS = {"capsule_ssl": "capsule D, semi-supervised", "conv_ssl": "conv D, semi
           "capsnet": "CapsNet classifier, labeled images only"}
 
 
-def run_error(run: Path) -> tuple[float, int] | None:
-    """(test error in %, step) of a finished run, None if it has not reached its last step."""
+def run_record(run: Path) -> dict | None:
+    """The record of a finished GAN run (None if it has not reached its last step)."""
     steps = yaml.safe_load((run / "config.yaml").read_text())["train"]["steps"]
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     last = [r for r in rows if "eval/test_error" in r and r["step"] == steps]
-    return (100 * last[-1]["eval/test_error"], steps) if last else None
+    if not last:
+        return None
+    cpu = [r["cpu_s"] for r in rows if "cpu_s" in r]
+    env = json.loads((run / "environment.json").read_text()) if (run / "environment.json").is_file() else {}
+    return {"test_error": round(100 * last[-1]["eval/test_error"], 4), "steps": steps,
+            "cpu_s": round(cpu[-1], 1) if cpu else None, "commit": (env.get("git_commit") or "")[:7] or None}
 
 
-def errors(group: Path, model: str) -> tuple[list[float], str]:
-    """Each seed's test error (%) and a note on how long each trained."""
-    if model == "capsnet":
-        metas = [json.loads(p.read_text()) for p in sorted((group / "capsnet").glob("seed*.json"))]
-        return [100 * (1 - m["accuracy"]) for m in metas], ", ".join(sorted({f"{m['steps']} steps" for m in metas}))
-    found = [run_error(r) for r in sorted((group / model).glob("seed*")) if (r / "config.yaml").is_file()]
-    done = [f for f in found if f]
-    return [e for e, _ in done], ", ".join(sorted({f"{s} steps" for _, s in done}))
-
-
-def main(out: Path) -> None:
-    lines = ["| data, labels | model | test error % (mean ± std) | seeds | trained |", "|---|---|---|---|---|"]
+def local_records(out: Path) -> dict[str, dict]:
+    """Every finished run under OUT, keyed GROUP/MODEL/seedN."""
+    head = subprocess.run(["git", "rev-parse", "--short=7", "HEAD"], capture_output=True, text=True).stdout.strip()
+    found = {}
     for group in sorted(p for p in out.iterdir() if p.is_dir()):
-        for model, title in MODELS.items():
-            errs, note = errors(group, model)
-            if not errs:
+        for model in MODELS:
+            if model == "capsnet":  # classifier files: seedN.json beside seedN.safetensors
+                for p in sorted((group / "capsnet").glob("seed*.json")):
+                    meta = json.loads(p.read_text())
+                    found[f"{group.name}/capsnet/{p.stem}"] = {
+                        "test_error": round(100 * (1 - meta["accuracy"]), 4), "steps": meta["steps"], "cpu_s": None,
+                        "commit": head or None}  # the classifier file names no commit: the one recording it
                 continue
+            for run in sorted((group / model).glob("seed*")):
+                rec = run_record(run) if (run / "config.yaml").is_file() else None
+                if rec:
+                    found[f"{group.name}/{model}/{run.name}"] = rec
+    return found
+
+
+def read_record(path: Path) -> dict[str, dict]:
+    if not path.is_file():
+        return {}
+    return {r.pop("key"): r for r in map(json.loads, filter(str.strip, path.read_text().splitlines()))}
+
+
+def write_record(path: Path, runs: dict[str, dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps({"key": k, **runs[k]}) + "\n" for k in sorted(runs)))
+    os.replace(tmp, path)  # two lanes may finish together: never leave half a file
+
+
+def table(runs: dict[str, dict]) -> str:
+    lines = ["| data, labels | model | test error % (mean ± std) | seeds | trained |", "|---|---|---|---|---|"]
+    groups = sorted({k.split("/")[0] for k in runs})
+    for group in groups:
+        for model, title in MODELS.items():
+            mine = {k.split("/")[2]: r for k, r in runs.items() if k.startswith(f"{group}/{model}/")}
+            if not mine:
+                continue
+            errs = [r["test_error"] for r in mine.values()]
             std = f"{statistics.stdev(errs):.2f}" if len(errs) > 1 else "n/a"
-            lines.append(f"| {group.name} | {title} | {statistics.mean(errs):.2f} ± {std} | {len(errs)} | {note} |")
-    text = "\n".join(lines) + "\n"
-    (out / "table.md").write_text(text)
+            seeds = ", ".join(f"{s.removeprefix('seed')}: {r['test_error']:.2f}" for s, r in sorted(mine.items()))
+            steps = ", ".join(sorted({f"{r['steps']} steps" for r in mine.values()}))
+            lines.append(f"| {group} | {title} | {statistics.mean(errs):.2f} ± {std} | {seeds} | {steps} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("out", type=Path, help="the experiment's folder (scripts/results/semisup.sh OUT)")
+    p.add_argument("--record", type=Path, help="committed JSONL of finished runs: read, updated, rewritten")
+    args = p.parse_args()
+    runs = local_records(args.out) if args.out.is_dir() else {}
+    if args.record:
+        runs = {**read_record(args.record), **runs}
+        write_record(args.record, runs)
+    text = table(runs)
+    if args.out.is_dir():
+        (args.out / "table.md").write_text(text)
     print(text, end="")
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main()
