@@ -186,12 +186,13 @@ def run_all(cc: CompareConfig, log=print, only: Sequence[str] = ()) -> bool:
         raise UserError("capsgan compare runs its trainings one after another in one process; "
                         "launch it without torchrun/accelerate (each run's own config may still say "
                         "how to train)")
-    names = [v.name for v in variants(cc)]
+    all_variants = variants(cc)
+    names = [v.name for v in all_variants]
     unknown = [n for n in only if n not in names]
     if unknown:
         raise UserError(f"compare --only {','.join(unknown)}: not a model of {cc.name} "
                         f"(its models and ablation runs: {', '.join(names)})")
-    todo = {(v.name, s): v for s in cc.seeds for v in variants(cc)  # seed-major: early seeds complete first
+    todo = {(v.name, s): v for s in cc.seeds for v in all_variants  # seed-major: early seeds complete first
             if not only or v.name in only}
     for i, ((name, seed), v) in enumerate(todo.items(), 1):
         run_dir = _run_dir(cc, name, seed)

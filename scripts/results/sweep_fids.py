@@ -10,13 +10,12 @@ routing setting: mean line, min-max band over seeds.
 
 import argparse
 import csv
-import json
 import statistics
 from pathlib import Path
 
 import yaml
 
-from capsgan_dist.compare import plot_curves
+from capsgan_dist.compare import cpu_curve, eval_curve, plot_curves
 
 p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 p.add_argument("sweep", type=Path, help="sweep folder (holds results.csv)")
@@ -30,15 +29,14 @@ with open(args.sweep / "results.csv") as f:
     for row in csv.DictReader(f):
         run = Path(row["run_dir"])
         cfg = yaml.safe_load((run / "config.yaml").read_text())
-        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-        fids = {r["step"]: r["eval/fid"] for r in rows if "eval/fid" in r}
-        cpu = [(r["step"], r["cpu_s"]) for r in rows if "cpu_s" in r]
+        fids = {step: ev["fid"] for step, ev in eval_curve(run).items() if "fid" in ev}
+        cpu = cpu_curve(run)
         steps |= set(fids)
         kind = cfg["model"].get("routing", "dynamic")  # runs from before model.routing are dynamic
         m, o = cfg["model"], cfg["optim"]
         label = kind if kind == "attention" else f"{kind} x{m['routing_iters']}"  # attention has no iterations
         table.append((label, cfg["seed"], o["lr_d"], o["lr_g"], row["status"], fids,
-                      cpu[-1][1] / cpu[-1][0] if cpu else None))
+                      cpu[max(cpu)] / max(cpu) if cpu else None))
 steps_sorted = sorted(steps)
 print("| routing | seed | lr_d | lr_g | status | " + " | ".join(f"FID@{s}" for s in steps_sorted) + " |")
 print("|---|---:|---:|---:|---|" + "---:|" * len(steps_sorted))
