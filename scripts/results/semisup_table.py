@@ -20,6 +20,8 @@ from pathlib import Path
 
 import yaml
 
+from capsgan_dist.compare import cpu_curve, eval_curve
+
 MODELS = {"capsule_ssl": "capsule D, semi-supervised", "conv_ssl": "conv D, semi-supervised",
           "capsule_sup": "capsule D, labeled images only", "conv_sup": "conv D, labeled images only",
           "capsnet": "CapsNet classifier, labeled images only"}
@@ -28,19 +30,17 @@ MODELS = {"capsule_ssl": "capsule D, semi-supervised", "conv_ssl": "conv D, semi
 def run_record(run: Path) -> dict | None:
     """The record of a finished GAN run (None if it has not reached its last step)."""
     steps = yaml.safe_load((run / "config.yaml").read_text())["train"]["steps"]
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    last = [r for r in rows if "eval/test_error" in r and r["step"] == steps]
-    if not last:
+    error = eval_curve(run).get(steps, {}).get("test_error")
+    if error is None:
         return None
-    cpu = [r["cpu_s"] for r in rows if "cpu_s" in r]
+    cpu = cpu_curve(run)
     env = json.loads((run / "environment.json").read_text()) if (run / "environment.json").is_file() else {}
-    return {"test_error": round(100 * last[-1]["eval/test_error"], 4), "steps": steps,
-            "cpu_s": round(cpu[-1], 1) if cpu else None, "commit": (env.get("git_commit") or "")[:7] or None}
+    return {"test_error": round(100 * error, 4), "steps": steps,
+            "cpu_s": round(cpu[max(cpu)], 1) if cpu else None, "commit": (env.get("git_commit") or "")[:7] or None}
 
 
 def local_records(out: Path) -> dict[str, dict]:
     """Every finished run under OUT, keyed GROUP/MODEL/seedN."""
-    head = subprocess.run(["git", "rev-parse", "--short=7", "HEAD"], capture_output=True, text=True).stdout.strip()
     found = {}
     for group in sorted(p for p in out.iterdir() if p.is_dir()):
         for model in MODELS:
@@ -49,7 +49,7 @@ def local_records(out: Path) -> dict[str, dict]:
                     meta = json.loads(p.read_text())
                     found[f"{group.name}/capsnet/{p.stem}"] = {
                         "test_error": round(100 * (1 - meta["accuracy"]), 4), "steps": meta["steps"], "cpu_s": None,
-                        "commit": head or None}  # the classifier file names no commit: the one recording it
+                        "commit": None}  # the classifier file names no commit: merge() fills in the recording one
                 continue
             for run in sorted((group / model).glob("seed*")):
                 rec = run_record(run) if (run / "config.yaml").is_file() else None
@@ -62,6 +62,17 @@ def read_record(path: Path) -> dict[str, dict]:
     if not path.is_file():
         return {}
     return {r.pop("key"): r for r in map(json.loads, filter(str.strip, path.read_text().splitlines()))}
+
+
+def merge(record: dict[str, dict], local: dict[str, dict]) -> dict[str, dict]:
+    """The record updated with the local runs: a local run replaces its line's values, except that
+    what it does not know (a CapsNet's commit) stays as first recorded, or is the commit now checked out."""
+    head = subprocess.run(["git", "rev-parse", "--short=7", "HEAD"], capture_output=True, text=True).stdout.strip()
+    runs = dict(record)
+    for key, rec in local.items():
+        runs[key] = {**record.get(key, {}), **{f: v for f, v in rec.items() if v is not None}}
+        runs[key].setdefault("commit", head or None)
+    return runs
 
 
 def write_record(path: Path, runs: dict[str, dict]) -> None:
@@ -94,7 +105,7 @@ def main() -> None:
     args = p.parse_args()
     runs = local_records(args.out) if args.out.is_dir() else {}
     if args.record:
-        runs = {**read_record(args.record), **runs}
+        runs = merge(read_record(args.record), runs)
         write_record(args.record, runs)
     text = table(runs)
     if args.out.is_dir():

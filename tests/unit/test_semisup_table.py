@@ -37,22 +37,25 @@ def test_record_keeps_runs_whose_folders_are_gone_and_skips_unfinished_ones(tmp_
     (out / "mnist_100" / "capsnet").mkdir()
     (out / "mnist_100" / "capsnet" / "seed0.json").write_text(json.dumps({"accuracy": 0.75, "steps": 50}))
 
-    runs = {**mod.read_record(record), **mod.local_records(out)}
+    runs = mod.merge(mod.read_record(record), mod.local_records(out))
     mod.write_record(record, runs)
     lines = [json.loads(x) for x in record.read_text().splitlines()]
     keys = [x["key"] for x in lines]
     assert keys == ["mnist_100/capsnet/seed0", "mnist_100/conv_ssl/seed0", "mnist_100/conv_ssl/seed1"]
     assert lines[1] == {"key": "mnist_100/conv_ssl/seed0", "test_error": 20.0, "steps": 100, "cpu_s": 42.0,
                         "commit": "0123456"}
-    assert lines[0]["test_error"] == 25.0
+    assert lines[0]["test_error"] == 25.0 and lines[0]["commit"]  # a CapsNet: the commit recording it
+    lines[0]["commit"] = "first00"  # as if recorded at an earlier commit
+    record.write_text("".join(json.dumps(x) + "\n" for x in lines))
 
     # The next sitting: seed 1's folder is gone, seed 0 was rerun locally with another result.
     (out / "mnist_100" / "conv_ssl" / "seed1" / "metrics.jsonl").unlink()
     (out / "mnist_100" / "conv_ssl" / "seed1" / "config.yaml").unlink()
     (out / "mnist_100" / "conv_ssl" / "seed0" / "metrics.jsonl").write_text(
         json.dumps({"step": 100, "eval/test_error": 0.10}) + "\n")
-    runs = {**mod.read_record(record), **mod.local_records(out)}
+    runs = mod.merge(mod.read_record(record), mod.local_records(out))
     assert runs["mnist_100/conv_ssl/seed1"]["test_error"] == 30.0  # kept from the record
+    assert runs["mnist_100/capsnet/seed0"]["commit"] == "first00"  # not moved to the commit re-recording it
     assert runs["mnist_100/conv_ssl/seed0"]["test_error"] == 10.0  # the local run replaces its line
     text = mod.table(runs)
     assert "| mnist_100 | conv D, semi-supervised | 20.00 ± 14.14 | 0: 10.00, 1: 30.00 | 100 steps |" in text
