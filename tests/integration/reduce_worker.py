@@ -1,6 +1,7 @@
 """Worker for test_dist_reductions.py: each rank of a torchrun group of 2 reduces rank-dependent values.
 
-Prints one JSON line {"rank", "world", "mean", "sum", "max", "any_from_rank1", "stop_at"}.
+Writes {"rank", "world", "mean", "sum", "max", "any_from_rank1", "stop_at"} to rank<r>.json in
+$REDUCE_OUT: one file per rank, because two ranks printing to one pipe can interleave their lines.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+from pathlib import Path
 
 from capsgan_dist.config import load_config
 from capsgan_dist.dist import setup
@@ -28,5 +30,5 @@ with StopFlag() as stop:
             stop_at = done
             break
 out["stop_at"] = stop_at
-print(json.dumps(out), flush=True)
+(Path(os.environ["REDUCE_OUT"]) / f"rank{r}.json").write_text(json.dumps(out))
 dist.shutdown()
