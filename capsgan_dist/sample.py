@@ -14,12 +14,23 @@ from capsgan_dist.errors import CheckpointError, UserError
 from capsgan_dist.models import build_discriminator, build_generator
 
 
-def _checkpoint(run_dir: Path, step: int | None) -> tuple[Config, Path]:
-    """The run's config and its checkpoint at `step` (None: the newest valid one), verified."""
+def run_config(run_dir: Path) -> Config:
+    """The config a training run saved in its folder."""
     cfg_path = run_dir / "config.yaml"
     if not cfg_path.is_file():
         raise UserError(f"{run_dir} has no config.yaml; pass the folder of a training run")
-    cfg = load_config(cfg_path)
+    return load_config(cfg_path)
+
+
+def check_model(cfg: Config, path: Path, manifest: dict) -> None:
+    """Fail when checkpoint `path` (its verified manifest) was saved by another model config."""
+    if manifest["model_hash"] != model_hash(cfg):
+        raise CheckpointError(f"{path} does not match its run's config.yaml (different model config)")
+
+
+def _checkpoint(run_dir: Path, step: int | None) -> tuple[Config, Path]:
+    """The run's config and its checkpoint at `step` (None: the newest valid one), verified."""
+    cfg = run_config(run_dir)
     if step is None:
         found = checkpoint.latest_valid(run_dir / "checkpoints")
         if found is None:
@@ -30,8 +41,7 @@ def _checkpoint(run_dir: Path, step: int | None) -> tuple[Config, Path]:
         if not path.is_dir():
             raise CheckpointError(f"{run_dir} has no checkpoint of step {step} (keep it with train.keep_steps)")
         manifest = checkpoint.verify(path)
-    if manifest["model_hash"] != model_hash(cfg):
-        raise CheckpointError(f"{path} does not match {cfg_path} (different model config)")
+    check_model(cfg, path, manifest)
     return cfg, path
 
 
@@ -42,21 +52,25 @@ def _weights(path: Path, part: str) -> dict:
     return load_file(str(weights))
 
 
+def generator_at(cfg: Config, path: Path) -> nn.Module:
+    """G (eval mode) with the weights of checkpoint `path` of a run with config `cfg`."""
+    G = build_generator(cfg)
+    G.load_state_dict(_weights(path, "G"))
+    return G.eval()
+
+
 def load_generator(run_dir: Path, step: int | None = None) -> tuple[nn.Module, Path]:
     """G with the weights of the run's checkpoint at `step` (default: newest valid), and its path."""
     cfg, path = _checkpoint(run_dir, step)
-    G = build_generator(cfg)
-    G.load_state_dict(_weights(path, "G"))
-    return G.eval(), path
+    return generator_at(cfg, path), path
 
 
 def load_models(run_dir: Path, step: int | None = None) -> tuple[nn.Module, nn.Module, Path]:
     """G and D (eval mode) of the run's checkpoint at `step` (default: newest valid), and its path."""
     cfg, path = _checkpoint(run_dir, step)
-    G, D = build_generator(cfg), build_discriminator(cfg)
-    G.load_state_dict(_weights(path, "G"))
+    D = build_discriminator(cfg)
     D.load_state_dict(_weights(path, "D"))
-    return G.eval(), D.eval(), path
+    return generator_at(cfg, path), D.eval(), path
 
 
 def sample_from_run(run_dir: Path, n: int, out: Path | None = None, seed: int = 0) -> Path:

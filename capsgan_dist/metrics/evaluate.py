@@ -13,17 +13,16 @@ import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
 from capsgan_dist import checkpoint
-from capsgan_dist.config import Config, EvalConfig, load_config, model_hash
+from capsgan_dist.config import Config, EvalConfig
 from capsgan_dist.data import describe, fingerprint, load_images
 from capsgan_dist.dist import noise
 from capsgan_dist.errors import CheckpointError, DataError, UserError, warn
 from capsgan_dist.metrics import MetricSuite
 from capsgan_dist.metrics.classifier import load_classifier
-from capsgan_dist.models import build_generator
+from capsgan_dist.sample import check_model, generator_at, run_config
 
 _EVAL_NOISE = 5  # salt of the evaluation latents (train.py uses 1-4)
 
@@ -81,9 +80,7 @@ def evaluate_run(run_dir: Path, n: int | None = None, classifier: str | None = N
                  all_checkpoints: bool = False, out: Path | None = None) -> dict:
     """Metrics of the newest (or every) valid checkpoint of a run; writes `<run>/eval.json`."""
     run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise UserError(f"{run_dir} has no config.yaml; pass the folder of a training run")
-    cfg = load_config(run_dir / "config.yaml")
+    cfg = run_config(run_dir)
     clf_path = classifier or cfg.eval.classifier
     if not clf_path:
         raise UserError("no classifier: pass --classifier PATH (from `capsgan classifier train`) "
@@ -105,14 +102,8 @@ def evaluate_run(run_dir: Path, n: int | None = None, classifier: str | None = N
         except CheckpointError as e:
             warn(f"skipping {e}")
             continue
-        if manifest["model_hash"] != model_hash(cfg):
-            raise CheckpointError(f"{path} does not match {run_dir / 'config.yaml'} (different model config)")
-        weights = path / "G" / "model.safetensors"
-        if not weights.is_file():
-            raise CheckpointError(f"{weights} not found; eval reads Accelerate's safetensors checkpoints")
-        G = build_generator(cfg)
-        G.load_state_dict(load_file(str(weights)))
-        scores = suite.score(generate(G, z, settings.batch))
+        check_model(cfg, path, manifest)
+        scores = suite.score(generate(generator_at(cfg, path), z, settings.batch))
         results.append({"step": int(manifest["step"]), "checkpoint": str(path), **scores})
     report = {"run": str(run_dir), "classifier": str(clf_path), "classifier_arch": meta["arch"],
               "classifier_dataset": meta["dataset"]["root"], "classifier_accuracy": meta["accuracy"],
