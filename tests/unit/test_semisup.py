@@ -164,6 +164,8 @@ def test_both_discriminators_give_k_logits_and_their_features():
         feats, logits = D.features_and_logits(x)
         assert logits.shape == (3, 10) and feats.shape[0] == 3 and feats.ndim == 2
         torch.testing.assert_close(D(x), logits)
+        if kind == "capsule":  # feature matching reads the primary capsules, the routed layer's input
+            torch.testing.assert_close(feats, D.primary(D.act1(D.conv1(x))).flatten(1))
     gan = load_config(SEMISUP_DEBUG, ["data.labels_per_class=0", "eval.every=0", "loss.generator=nonsaturating"])
     assert model_hash(cfg) != model_hash(gan)  # a GAN checkpoint never resumes as a K-logit D
 
