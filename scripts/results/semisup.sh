@@ -37,7 +37,7 @@ MODELS=${MODELS:-"capsule_ssl conv_ssl capsule_sup conv_sup capsnet"}  # a subse
 OUT=${OUT:-runs/semisup}
 EXTRA=${EXTRA:-}
 # Finished runs are recorded in a committed file and skipped later: the experiment takes several
-# sittings on a CPU, and run folders do not outlive the machine. The smoke run records nothing.
+# runs of this script on a CPU, and run folders do not outlive the machine. The smoke run records nothing.
 RECORD=${RECORD-docs/data/semisup_runs.jsonl}
 recorded() { [ -n "$RECORD" ] && [ -f "$RECORD" ] && grep -qF "\"key\": \"$1\"" "$RECORD"; }
 

@@ -6,7 +6,7 @@
 Reads each finished run's last `eval/test_error` row at its final step (metrics.jsonl) and each
 CapsNet classifier's held-out accuracy (its .json). With --record, every finished run also becomes
 one line of the record file (test error, steps, training CPU s, commit), which is committed: the
-experiment is too long for one sitting on a CPU, and the run folders do not outlive the machine.
+experiment is too long to run in one go on a CPU, and the run folders do not outlive the machine.
 The table is made from the record and the local runs together (a local run replaces its record
 line); scripts/results/semisup.sh skips runs already recorded. Writes OUT/table.md and prints it.
 """

@@ -48,7 +48,7 @@ def test_record_keeps_runs_whose_folders_are_gone_and_skips_unfinished_ones(tmp_
     lines[0]["commit"] = "first00"  # as if recorded at an earlier commit
     record.write_text("".join(json.dumps(x) + "\n" for x in lines))
 
-    # The next sitting: seed 1's folder is gone, seed 0 was rerun locally with another result.
+    # A later invocation: seed 1's folder is gone, seed 0 was rerun locally with another result.
     (out / "mnist_100" / "conv_ssl" / "seed1" / "metrics.jsonl").unlink()
     (out / "mnist_100" / "conv_ssl" / "seed1" / "config.yaml").unlink()
     (out / "mnist_100" / "conv_ssl" / "seed0" / "metrics.jsonl").write_text(
