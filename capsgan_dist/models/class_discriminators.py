@@ -48,14 +48,17 @@ class CapsuleClassDiscriminator(nn.Module):
         self.caps = RoutedCaps(primary_channels * h2 * h2, primary_dim, n_classes, caps_dim, routing_iters,
                                routing_grad, routing_impl)
 
+    def primary_capsules(self, x: torch.Tensor) -> torch.Tensor:
+        return self.primary(self.act1(self.conv1(x)))  # (B, n_primary, primary_dim)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return length_logits(self.caps(self.primary(self.act1(self.conv1(x)))))  # (B, K)
+        return length_logits(self.caps(self.primary_capsules(x)))  # (B, K)
 
     def features_and_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The primary capsules flattened (B, n_primary * primary_dim), the layer feature matching
         compares, and the logits. Not the class capsules: D shrinks a fake's class capsules to near
         zero length, where the squash passes almost no gradient back to G (docs/design.md)."""
-        u = self.primary(self.act1(self.conv1(x)))
+        u = self.primary_capsules(x)
         return u.flatten(1), length_logits(self.caps(u))
 
 
