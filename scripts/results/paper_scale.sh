@@ -2,7 +2,7 @@
 # The paper-scale comparison of docs/results.md: CapsuleGAN (10,000 steps) vs DCGAN (30,000 steps),
 # 3 seeds, on MNIST and Fashion-MNIST.
 #
-#   scripts/results/paper_scale.sh                # both datasets, one after the other
+#   scripts/results/paper_scale.sh                # both datasets, the lanes moving from one to the next
 #   scripts/results/paper_scale.sh mnist          # one dataset (about 2 hours on a 2-core CPU)
 #
 # Each dataset's compare is split into two shares, one per single-threaded lane at low priority:
