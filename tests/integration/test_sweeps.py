@@ -6,6 +6,7 @@ here and join it with `--address`, which saves a Ray start-up each and tests clu
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -171,19 +172,31 @@ def test_killed_sweep_resumes_where_it_stopped(tmp_path, ray_address):
             out[yaml.safe_load(cfg.read_text())["train"]["steps"]] = cfg.parent
         return out
 
-    def mid_way() -> bool:  # the short trial is recorded as finished, the long one has a checkpoint
+    def long_checkpointed() -> bool:
         r = runs()
-        if 10 not in r or 240 not in r or not any((r[240] / "checkpoints").glob("step_*")):
-            return False
-        return recorded_status(sweep_dir).get(r[10].parent.name.removeprefix("trial_")) == "TERMINATED"
+        return 240 in r and any((r[240] / "checkpoints").glob("step_*")) and (r[240] / "attempts.jsonl").is_file()
 
+    def short_finished() -> bool:  # as recorded in the experiment state a restore starts from
+        r = runs()
+        return 10 in r and recorded_status(sweep_dir).get(r[10].parent.name.removeprefix("trial_")) == "TERMINATED"
+
+    trainer = None
     try:
-        wait_for(mid_way, 180, "the short trial to finish and the long one to checkpoint", driver)
+        # Freeze the long trial's process (it trains in the process that wrote its attempt record)
+        # as soon as it has a checkpoint, so it cannot reach its last step however fast this
+        # machine is, then wait for the short trial to be recorded as finished and kill the driver.
+        wait_for(long_checkpointed, 180, "the long trial to checkpoint", driver, poll=0.05)
+        trainer = json.loads((runs()[240] / "attempts.jsonl").read_text().splitlines()[0])["pid"]
+        os.kill(trainer, signal.SIGSTOP)
+        wait_for(short_finished, 180, "the short trial to be recorded as finished", driver)
         driver.send_signal(signal.SIGKILL)
         driver.wait(timeout=30)
     finally:
         if driver.poll() is None:
             driver.kill()
+        if trainer is not None:  # what the Ray job's end does to its actors, without waiting for it
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(trainer, signal.SIGKILL)
         log.close()
     long_run = runs()[240]
     killed_at = int(sorted((long_run / "checkpoints").glob("step_*"))[-1].name.split("_")[1])
