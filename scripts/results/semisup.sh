@@ -40,6 +40,12 @@ EXTRA=${EXTRA:-}
 # runs of this script on a CPU, and run folders do not outlive the machine. The smoke run records nothing.
 RECORD=${RECORD-docs/data/semisup_runs.jsonl}
 recorded() { [ -n "$RECORD" ] && [ -f "$RECORD" ] && grep -qF "\"key\": \"$1\"" "$RECORD"; }
+# Each run is recorded as it finishes, so a stop loses at most the run in progress; lanes that
+# finish together take turns on the record.
+record_now() {
+  [ -n "$RECORD" ] || return 0
+  flock "$OUT/.record.lock" .venv/bin/python scripts/results/semisup_table.py "$OUT" --record "$RECORD" > /dev/null
+}
 
 for group in $SETS; do
   case $group in
@@ -66,12 +72,14 @@ for group in $SETS; do
         data.labels_per_class=$per_class model.discriminator=$d "${mode[@]}" seed=$seed \
         train.steps=$STEPS eval.every=$EVAL_EVERY train.run_dir=$run resume=auto tracking.backend=local \
         train.progress=false name=${group}_${model} $EXTRA
+      record_now
     done
     clf=$OUT/$group/capsnet/seed$seed.safetensors
     if [[ " $MODELS " == *" capsnet "* ]] && [ ! -f "${clf%.safetensors}.json" ] && ! recorded "$group/capsnet/seed$seed"; then
       epochs=$(python3 -c "print($CAPSNET_VIEWS / (10 * $per_class))")
       /usr/bin/time -f "$clf: %e s wall, %U s user" $CAP classifier train --data $data --arch capsnet \
         --labels-per-class $per_class --seed "$seed" --split-seed 0 --holdout 2000 --epochs "$epochs" --out "$clf"
+      record_now
     fi
   done
 done
