@@ -12,7 +12,8 @@ import stat
 import subprocess
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from conftest import REPO
+
 SCRIPT = REPO / "scripts" / "results" / "paper_scale.sh"
 STUB = """#!/bin/bash
 echo "$PPID $*" >> "{calls}"
