@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from conftest import REPO
 
 from capsgan_dist import checkpoint
 from capsgan_dist.errors import CheckpointError
@@ -54,7 +54,7 @@ def test_a_skipped_checkpoint_warning_is_one_capsgan_line(tmp_path):
     code = ("import pathlib; from capsgan_dist import checkpoint; "
             f"checkpoint.latest_valid(pathlib.Path({str(tmp_path)!r}))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
     lines = proc.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("capsgan: warning: skipping "), proc.stderr
     assert lines[0].endswith("using step_0000002")

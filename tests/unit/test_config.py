@@ -6,11 +6,12 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 
 from capsgan_dist.config import Config, load_config, model_hash, to_yaml
 from capsgan_dist.errors import ConfigError, UserError
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+CONFIGS = REPO / "configs"
 
 
 def test_defaults_file_and_overrides_precedence(tmp_path):

@@ -18,13 +18,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10: pytest depends on tomli there
     import tomli as tomllib
 
-REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "docker" / "Dockerfile"
 IGNORE = REPO / "docker" / "Dockerfile.dockerignore"
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())

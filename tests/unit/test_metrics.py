@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision.transforms.functional as TF
+from conftest import DEBUG_CONFIG, REPO
 
 from capsgan_dist.config import METRIC_NAMES, EvalConfig, load_config
 from capsgan_dist.data import fingerprint, read_idx_images, synthetic_images
@@ -23,8 +24,6 @@ from capsgan_dist.metrics.classifier import accuracy, labelled_split, load_class
 from capsgan_dist.metrics.evaluate import check_classifier
 from capsgan_dist.models.classifiers import CapsNet, LeNet
 from capsgan_dist.shapes import min_classifier_image
-
-DEBUG_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "debug.yaml"
 
 SETTINGS = EvalConfig(kid_subsets=50, kid_subset_size=500)
 
@@ -55,7 +54,7 @@ def test_validating_eval_metrics_imports_no_metric_code():
     code = ("import sys; from capsgan_dist.config import load_config; load_config(None, ['eval.metrics=[fid,pr]']); "
             "print(sorted(m for m in sys.modules if m.startswith('capsgan_dist')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}).stdout
+                         env={**os.environ, "PYTHONPATH": str(REPO)}).stdout
     assert "capsgan_dist.metrics" not in out and "capsgan_dist.config" in out
 
 

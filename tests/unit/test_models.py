@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
+from conftest import DEBUG_CONFIG
 from torch import nn
 
 from capsgan_dist.config import Config, DataConfig, ModelConfig, load_config
@@ -21,7 +20,6 @@ from capsgan_dist.models import (
     model_summary,
 )
 
-DEBUG_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "debug.yaml"
 SIZES = [pytest.param(28, 1, id="28x28x1"), pytest.param(32, 3, id="32x32x3")]
 
 

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
+from conftest import DEBUG_CONFIG
 
 from benchmarks.reference_capsule import reference_from
 from capsgan_dist.config import load_config
@@ -31,7 +30,7 @@ def test_reference_matches_library_discriminator(routing, grad):
 
 
 def test_reference_state_dict_has_the_library_layout():
-    cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "debug.yaml")
+    cfg = load_config(DEBUG_CONFIG)
     D = build_discriminator(cfg)
     ref = reference_from(cfg)
     assert {k: v.shape for k, v in ref.state_dict().items()} == {k: v.shape for k, v in D.state_dict().items()}

@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "launch" / "slurm" / "train.sbatch"
 
 
