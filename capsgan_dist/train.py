@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -19,7 +18,7 @@ from pathlib import Path
 import torch
 from accelerate.utils import broadcast_object_list
 
-from capsgan_dist import checkpoint, optim, plots
+from capsgan_dist import checkpoint, optim, plots, provenance
 from capsgan_dist import probe as debug_probe
 from capsgan_dist.config import Config, TrainConfig, model_hash, to_dict, to_yaml
 from capsgan_dist.data import load_images, load_splits
@@ -136,7 +135,7 @@ def _train(cfg: Config, dist: Dist, require_checkpoint: bool,
             print(f"capsgan: removed {name}, an unfinished checkpoint of a killed run", file=sys.stderr)
         checkpoint.write_text_atomic(run_dir / "config.yaml", to_yaml(cfg))
         _truncate_metrics(run_dir / "metrics.jsonl", start)
-    environment = {"world_size": dist.world, **_environment()}
+    environment = {"world_size": dist.world, **provenance.environment()}
     if dist.is_main:
         checkpoint.write_text_atomic(run_dir / "environment.json", json.dumps(environment, indent=1))  # for report
     run_config = {**to_dict(cfg), **environment}
@@ -296,19 +295,3 @@ def _log_rank_grid(G, dist: Dist, cfg: Config, step: int, tracker, run_dir: Path
         plots.save_grid(images, run_dir / "samples" / f"ranks_{step:06d}.png", nrow=per_rank)
         tracker.log_image(step, "samples/ranks", plots.grid_tensor(images, nrow=per_rank),
                           f"one row per rank ({dist.world} ranks), step {step}")
-
-
-def _environment() -> dict:
-    """Git commit and hardware, for the run's tracked config."""
-    import platform
-    import subprocess
-
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent, timeout=5).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        commit = None
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"git_commit": commit, "hostname": platform.node(), "gpu": gpu,
-            "gpu_count": torch.cuda.device_count(), "cpu_count": os.cpu_count(),
-            "torch": torch.__version__, "cpu_threads": torch.get_num_threads()}

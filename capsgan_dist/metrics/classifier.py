@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from capsgan_dist import provenance
 from capsgan_dist.data import balanced_subset, fingerprint, holdout_indices, load_idx_labeled
 from capsgan_dist.errors import CheckpointError, DataError, UserError
 from capsgan_dist.models.classifiers import CLASSIFIERS
@@ -102,7 +103,7 @@ def train_classifier(data: Path, arch: str, out: Path, epochs: float = 5, batch:
     steps = max(1, math.ceil(epochs * len(train_x) / batch))  # fractional epochs allowed
     g = torch.Generator().manual_seed(seed + 1)
     order = torch.empty(0, dtype=torch.long)
-    t0, losses = time.perf_counter(), []
+    t0, cpu0, losses = time.perf_counter(), time.process_time(), []
     model.train()
     for step in range(steps):
         if len(order) < batch:
@@ -117,11 +118,12 @@ def train_classifier(data: Path, arch: str, out: Path, epochs: float = 5, batch:
             log(f"step {step + 1}/{steps} loss {sum(losses) / len(losses):.4f} "
                 f"({time.perf_counter() - t0:.0f}s)")
             losses = []
-    seconds = time.perf_counter() - t0
+    seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - cpu0
     acc = accuracy(model, test_x, test_y)
     meta = {"format": FORMAT, "arch": arch, "arch_kwargs": kwargs, "image_shape": [c, h, w],
             "dataset": {"root": str(data), **info}, "accuracy": acc, "epochs": epochs, "batch": batch,
-            "lr": lr, "seed": seed, "steps": steps, "train_seconds": round(seconds, 1)}
+            "lr": lr, "seed": seed, "steps": steps, "train_seconds": round(seconds, 1),
+            "cpu_seconds": round(cpu_seconds, 1), "git_commit": provenance.git_commit()}
     save_classifier(model, meta, Path(out))
     return meta
 

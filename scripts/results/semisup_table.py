@@ -48,8 +48,9 @@ def local_records(out: Path) -> dict[str, dict]:
                 for p in sorted((group / "capsnet").glob("seed*.json")):
                     meta = json.loads(p.read_text())
                     found[f"{group.name}/capsnet/{p.stem}"] = {
-                        "test_error": round(100 * (1 - meta["accuracy"]), 4), "steps": meta["steps"], "cpu_s": None,
-                        "commit": None}  # the classifier file names no commit: merge() fills in the recording one
+                        "test_error": round(100 * (1 - meta["accuracy"]), 4), "steps": meta["steps"],
+                        "cpu_s": meta.get("cpu_seconds"),  # older classifier files name neither: merge()
+                        "commit": (meta.get("git_commit") or "")[:7] or None}  # gives the recording commit
                 continue
             for run in sorted((group / model).glob("seed*")):
                 rec = run_record(run) if (run / "config.yaml").is_file() else None
@@ -66,13 +67,19 @@ def read_record(path: Path) -> dict[str, dict]:
 
 def merge(record: dict[str, dict], local: dict[str, dict]) -> dict[str, dict]:
     """The record updated with the local runs: a local run replaces its line's values, except that
-    what it does not know (a CapsNet's commit) stays as first recorded, or is the commit now checked out."""
-    head = subprocess.run(["git", "rev-parse", "--short=7", "HEAD"], capture_output=True, text=True).stdout.strip()
+    what it does not know (an older CapsNet file's commit) stays as first recorded, or is the commit
+    now checked out."""
     runs = dict(record)
     for key, rec in local.items():
         runs[key] = {**record.get(key, {}), **{f: v for f, v in rec.items() if v is not None}}
-        runs[key].setdefault("commit", head or None)
+        if "commit" not in runs[key]:
+            runs[key]["commit"] = _head()
     return runs
+
+
+def _head() -> str | None:
+    return subprocess.run(["git", "rev-parse", "--short=7", "HEAD"], capture_output=True,
+                          text=True).stdout.strip() or None
 
 
 def write_record(path: Path, runs: dict[str, dict]) -> None:

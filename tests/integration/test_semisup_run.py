@@ -186,6 +186,8 @@ def test_classifier_baseline_trains_on_the_runs_labeled_subset(tmp_path, mnist_d
     meta = json.loads(out.with_suffix(".json").read_text())
     assert meta["dataset"]["n_train"] == 20 and meta["dataset"]["labels_per_class"] == 2
     assert meta["dataset"]["n_test"] == 2000 and "(seed 0)" in meta["dataset"]["split"]
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    assert meta["git_commit"] == head and isinstance(meta["cpu_seconds"], float)  # what the results record reads
     bad = run_capsgan("classifier", "train", "--data", str(mnist_dir), "--labels-per-class", "5000",
                       "--out", str(tmp_path / "x"), check=False, timeout=120)
     lines = bad.stderr.strip().splitlines()

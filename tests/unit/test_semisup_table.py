@@ -36,15 +36,20 @@ def test_record_keeps_runs_whose_folders_are_gone_and_skips_unfinished_ones(tmp_
     _run(out, "mnist_100/capsule_ssl/seed0", 100, None)  # stopped before its last evaluation
     (out / "mnist_100" / "capsnet").mkdir()
     (out / "mnist_100" / "capsnet" / "seed0.json").write_text(json.dumps({"accuracy": 0.75, "steps": 50}))
+    (out / "mnist_100" / "capsnet" / "seed1.json").write_text(json.dumps(  # a classifier file naming its commit
+        {"accuracy": 0.5, "steps": 50, "cpu_seconds": 7.5, "git_commit": "fedcba9876543210"}))
 
     runs = mod.merge(mod.read_record(record), mod.local_records(out))
     mod.write_record(record, runs)
     lines = [json.loads(x) for x in record.read_text().splitlines()]
     keys = [x["key"] for x in lines]
-    assert keys == ["mnist_100/capsnet/seed0", "mnist_100/conv_ssl/seed0", "mnist_100/conv_ssl/seed1"]
-    assert lines[1] == {"key": "mnist_100/conv_ssl/seed0", "test_error": 20.0, "steps": 100, "cpu_s": 42.0,
+    assert keys == ["mnist_100/capsnet/seed0", "mnist_100/capsnet/seed1", "mnist_100/conv_ssl/seed0",
+                    "mnist_100/conv_ssl/seed1"]
+    assert lines[1] == {"key": "mnist_100/capsnet/seed1", "test_error": 50.0, "steps": 50, "cpu_s": 7.5,
+                        "commit": "fedcba9"}
+    assert lines[2] == {"key": "mnist_100/conv_ssl/seed0", "test_error": 20.0, "steps": 100, "cpu_s": 42.0,
                         "commit": "0123456"}
-    assert lines[0]["test_error"] == 25.0 and lines[0]["commit"]  # a CapsNet: the commit recording it
+    assert lines[0]["test_error"] == 25.0 and lines[0]["commit"]  # an older CapsNet file: the commit recording it
     lines[0]["commit"] = "first00"  # as if recorded at an earlier commit
     record.write_text("".join(json.dumps(x) + "\n" for x in lines))
 
