@@ -2,13 +2,15 @@
 
     python scripts/results/semisup_table.py runs/semisup                     # after scripts/results/semisup.sh
     python scripts/results/semisup_table.py runs/semisup --record docs/data/semisup_runs.jsonl
+    python scripts/results/semisup_table.py runs/semisup --plot docs/img/semisup_error.png
 
 Reads each finished run's last `eval/test_error` row at its final step (metrics.jsonl) and each
 CapsNet classifier's held-out accuracy (its .json). With --record, every finished run also becomes
 one line of the record file (test error, steps, training CPU s, commit), which is committed: the
 experiment is too long to run in one go on a CPU, and the run folders do not outlive the machine.
 The table is made from the record and the local runs together (a local run replaces its record
-line); scripts/results/semisup.sh skips runs already recorded. Writes OUT/table.md and prints it.
+line); scripts/results/semisup.sh skips runs already recorded. Writes OUT/table.md and prints it;
+--plot PNG also draws each run's test error over its steps.
 """
 
 import argparse
@@ -105,10 +107,53 @@ def table(runs: dict[str, dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plot(out: Path, runs: dict[str, dict], path: Path) -> None:
+    """Test error over training steps, one panel per group: each D model's finished seeds from the local
+    run folders (thin) and their mean (thick); each CapsNet classifier's final error, mean over seeds
+    (dashed: it trains in fewer, larger steps of its own)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = sorted({k.split("/")[0] for k in runs})
+    fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 4), squeeze=False)
+    for ax, group in zip(axes[0], groups):
+        for i, (model, title) in enumerate(MODELS.items()):
+            color = f"C{i}"
+            if model == "capsnet":
+                errs = [r["test_error"] for k, r in runs.items() if k.startswith(f"{group}/capsnet/")]
+                if errs:
+                    ax.axhline(statistics.mean(errs), color=color, ls="--", label=f"{title} (n={len(errs)})")
+                continue
+            curves = []
+            for run in sorted((out / group / model).glob("seed*")):
+                if f"{group}/{model}/{run.name}" not in runs:  # unfinished
+                    continue
+                errs = {s: 100 * v["test_error"] for s, v in eval_curve(run).items() if "test_error" in v}
+                if errs:
+                    curves.append(errs)
+                    ax.plot(*zip(*sorted(errs.items())), color=color, lw=0.6, alpha=0.5)
+            common = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+            if common:
+                ax.plot(common, [statistics.mean(c[s] for c in curves) for s in common], color=color, lw=2,
+                        label=f"{title} (n={len(curves)})")
+        ax.set_title(group)
+        ax.set_xlabel("training step")
+        ax.set_ylabel("test error %")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("out", type=Path, help="the experiment's folder (scripts/results/semisup.sh OUT)")
     p.add_argument("--record", type=Path, help="committed JSONL of finished runs: read, updated, rewritten")
+    p.add_argument("--plot", type=Path, help="also draw test error over steps to this PNG (run folders only)")
     args = p.parse_args()
     runs = local_records(args.out) if args.out.is_dir() else {}
     if args.record:
@@ -118,6 +163,8 @@ def main() -> None:
     if args.out.is_dir():
         (args.out / "table.md").write_text(text)
     print(text, end="")
+    if args.plot:
+        plot(args.out, runs, args.plot)
 
 
 if __name__ == "__main__":

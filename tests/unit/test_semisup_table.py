@@ -65,3 +65,12 @@ def test_record_keeps_runs_whose_folders_are_gone_and_skips_unfinished_ones(tmp_
     text = mod.table(runs)
     assert "| mnist_100 | conv D, semi-supervised | 20.00 ± 14.14 | 0: 10.00, 1: 30.00 | 100 steps |" in text
     assert "capsule D, semi-supervised" not in text  # unfinished: no row
+
+
+def test_plot_draws_the_finished_runs_over_steps(tmp_path: Path):
+    mod, out = _module(), tmp_path / "runs"
+    _run(out, "mnist_100/conv_ssl/seed0", 100, 0.20)
+    _run(out, "mnist_100/capsule_ssl/seed0", 100, None)  # unfinished: left out
+    runs = mod.local_records(out)
+    mod.plot(out, runs, tmp_path / "img" / "error.png")
+    assert (tmp_path / "img" / "error.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
