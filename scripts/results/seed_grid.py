@@ -1,6 +1,8 @@
-"""Every seed's fixed-noise samples at one step, both models, for docs/results.md.
+"""Every seed's fixed-noise samples at one step, one row per model (default: capsgan, dcgan), for docs/results.md.
 
     python scripts/results/seed_grid.py runs/compare_mnist 2000 docs/img/compare_mnist_seeds_2000.png
+    python scripts/results/seed_grid.py runs/semisup/mnist_100 10000 docs/img/semisup_mnist_100_samples.png \
+        capsule_ssl conv_ssl
 """
 
 import sys
@@ -12,10 +14,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 out, step, png = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+models = sys.argv[4:] or ["capsgan", "dcgan"]
 name = f"step_{step:06d}.png"
-seeds = sorted({p.name for p in out.glob("capsgan/seed*") if (p / "samples" / name).is_file()})
-fig, axes = plt.subplots(2, len(seeds), figsize=(3.4 * len(seeds), 7), squeeze=False)
-for row, model in enumerate(("capsgan", "dcgan")):
+seeds = sorted(set.intersection(*({p.name for p in out.glob(f"{m}/seed*") if (p / "samples" / name).is_file()}
+                                  for m in models)))
+if not seeds:
+    sys.exit(f"no seed of {', '.join(models)} under {out} has samples/{name}")
+fig, axes = plt.subplots(len(models), len(seeds), figsize=(3.4 * len(seeds), 3.5 * len(models)), squeeze=False)
+for row, model in enumerate(models):
     for col, seed in enumerate(seeds):
         ax = axes[row][col]
         ax.imshow(plt.imread(out / model / seed / "samples" / name), cmap="gray")
