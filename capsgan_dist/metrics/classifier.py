@@ -103,6 +103,7 @@ def train_classifier(data: Path, arch: str, out: Path, epochs: float = 5, batch:
     steps = max(1, math.ceil(epochs * len(train_x) / batch))  # fractional epochs allowed
     g = torch.Generator().manual_seed(seed + 1)
     order = torch.empty(0, dtype=torch.long)
+    commit = provenance.git_commit()  # the code that trains, before a long run's checkout can move on
     t0, cpu0, losses = time.perf_counter(), time.process_time(), []
     model.train()
     for step in range(steps):
@@ -123,7 +124,7 @@ def train_classifier(data: Path, arch: str, out: Path, epochs: float = 5, batch:
     meta = {"format": FORMAT, "arch": arch, "arch_kwargs": kwargs, "image_shape": [c, h, w],
             "dataset": {"root": str(data), **info}, "accuracy": acc, "epochs": epochs, "batch": batch,
             "lr": lr, "seed": seed, "steps": steps, "train_seconds": round(seconds, 1),
-            "cpu_seconds": round(cpu_seconds, 1), "git_commit": provenance.git_commit()}
+            "cpu_seconds": round(cpu_seconds, 1), "git_commit": commit}
     save_classifier(model, meta, Path(out))
     return meta
 
