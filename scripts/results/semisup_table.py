@@ -14,6 +14,7 @@ line); scripts/results/semisup.sh skips runs already recorded. Writes OUT/table.
 """
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -79,6 +80,7 @@ def merge(record: dict[str, dict], local: dict[str, dict]) -> dict[str, dict]:
     return runs
 
 
+@functools.cache
 def _head() -> str | None:
     return subprocess.run(["git", "rev-parse", "--short=7", "HEAD"], capture_output=True,
                           text=True).stdout.strip() or None
