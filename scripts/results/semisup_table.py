@@ -18,11 +18,11 @@ import functools
 import json
 import os
 import statistics
-import subprocess
 from pathlib import Path
 
 import yaml
 
+from capsgan_dist import provenance
 from capsgan_dist.compare import cpu_curve, eval_curve
 
 MODELS = {"capsule_ssl": "capsule D, semi-supervised", "conv_ssl": "conv D, semi-supervised",
@@ -39,7 +39,7 @@ def run_record(run: Path) -> dict | None:
     cpu = cpu_curve(run)
     env = json.loads((run / "environment.json").read_text()) if (run / "environment.json").is_file() else {}
     return {"test_error": round(100 * error, 4), "steps": steps,
-            "cpu_s": round(cpu[max(cpu)], 1) if cpu else None, "commit": (env.get("git_commit") or "")[:7] or None}
+            "cpu_s": round(cpu[max(cpu)], 1) if cpu else None, "commit": _short(env.get("git_commit"))}
 
 
 def local_records(out: Path) -> dict[str, dict]:
@@ -53,7 +53,7 @@ def local_records(out: Path) -> dict[str, dict]:
                     found[f"{group.name}/capsnet/{p.stem}"] = {
                         "test_error": round(100 * (1 - meta["accuracy"]), 4), "steps": meta["steps"],
                         "cpu_s": meta.get("cpu_seconds"),  # older classifier files name neither: merge()
-                        "commit": (meta.get("git_commit") or "")[:7] or None}  # gives the recording commit
+                        "commit": _short(meta.get("git_commit"))}  # gives the recording commit
                 continue
             for run in sorted((group / model).glob("seed*")):
                 rec = run_record(run) if (run / "config.yaml").is_file() else None
@@ -82,8 +82,11 @@ def merge(record: dict[str, dict], local: dict[str, dict]) -> dict[str, dict]:
 
 @functools.cache
 def _head() -> str | None:
-    return subprocess.run(["git", "rev-parse", "--short=7", "HEAD"], capture_output=True,
-                          text=True).stdout.strip() or None
+    return _short(provenance.git_commit())
+
+
+def _short(commit: str | None) -> str | None:
+    return commit[:7] if commit else None
 
 
 def write_record(path: Path, runs: dict[str, dict]) -> None:
