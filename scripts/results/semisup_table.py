@@ -96,12 +96,17 @@ def write_record(path: Path, runs: dict[str, dict]) -> None:
     os.replace(tmp, path)  # two lanes may finish together: never leave half a file
 
 
+def _seeds(runs: dict[str, dict], group: str, model: str) -> dict[str, dict]:
+    """{"seedN": record} of one group's model."""
+    return {k.split("/")[2]: r for k, r in runs.items() if k.startswith(f"{group}/{model}/")}
+
+
 def table(runs: dict[str, dict]) -> str:
     lines = ["| data, labels | model | test error % (mean ± std) | seeds | trained |", "|---|---|---|---|---|"]
     groups = sorted({k.split("/")[0] for k in runs})
     for group in groups:
         for model, title in MODELS.items():
-            mine = {k.split("/")[2]: r for k, r in runs.items() if k.startswith(f"{group}/{model}/")}
+            mine = _seeds(runs, group, model)
             if not mine:
                 continue
             errs = [r["test_error"] for r in mine.values()]
@@ -127,7 +132,7 @@ def plot(out: Path, runs: dict[str, dict], path: Path) -> None:
         for i, (model, title) in enumerate(MODELS.items()):
             color = f"C{i}"
             if model == "capsnet":
-                errs = [r["test_error"] for k, r in runs.items() if k.startswith(f"{group}/capsnet/")]
+                errs = [r["test_error"] for r in _seeds(runs, group, model).values()]
                 if errs:
                     ax.axhline(statistics.mean(errs), color=color, ls="--", label=f"{title} (n={len(errs)})")
                 continue
