@@ -69,6 +69,23 @@ def test_semisup_run_logs_its_losses_and_the_test_error_of_its_d(semisup_run):
         assert r["eval/test_acc"] == pytest.approx(acc) and r["eval/test_error"] == pytest.approx(1 - acc)
 
 
+def test_class_outputs_report_reads_the_newest_checkpoint_of_d(semisup_run):
+    """scripts/results/class_outputs.py: the test error and the classes D calls present, per run."""
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "results" / "class_outputs.py"), str(semisup_run),
+                           "--n", "128"], capture_output=True, text=True, timeout=120, env=cli_env())
+    assert proc.returncode == 0, proc.stderr
+    header, _, row = proc.stdout.strip().splitlines()
+    cells = dict(zip([c.strip() for c in header.strip("|").split("|")], [c.strip() for c in row.strip("|").split("|")]))
+    acc, _ = _test_accuracy(semisup_run, 20)
+    assert cells["run"] == str(semisup_run) and cells["step"] == "20"
+    assert float(cells["test error %"]) == pytest.approx(100 * (1 - acc), abs=0.005)
+    cfg, D = _d_at(semisup_run, 20)
+    with torch.no_grad():
+        logits = D(to_unit(load_splits(cfg.data, cfg.seed).test_x))
+    present = (torch.sigmoid(logits) > 0.5).sum(1).float().mean().item()
+    assert float(cells["classes present"]) == pytest.approx(present, abs=0.005)
+
+
 def test_semisup_resume_matches_uninterrupted_run_bitwise(semisup_run, tmp_path):
     """Stop after 7 steps (a D update done, its G update not yet), resume to 20: same bytes, same test error."""
     run = tmp_path / "run"
