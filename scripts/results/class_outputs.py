@@ -17,6 +17,7 @@ import torch
 
 from capsgan_dist.data import load_splits
 from capsgan_dist.dist import noise
+from capsgan_dist.errors import UserError, warn
 from capsgan_dist.sample import load_models, run_config
 from capsgan_dist.semisup import to_unit
 
@@ -36,7 +37,7 @@ def outputs(run: Path, n: int) -> dict:
     """The row of one run (see the module's docstring)."""
     cfg = run_config(run)
     if cfg.data.labels_per_class <= 0:
-        raise SystemExit(f"{run} is not a semi-supervised run (data.labels_per_class is 0)")
+        raise UserError(f"{run} is not a semi-supervised run (data.labels_per_class is 0)")
     G, D, path = load_models(run)
     splits = load_splits(cfg.data, cfg.seed)
     x, y = to_unit(splits.test_x[:n]), splits.test_y[:n]
@@ -66,7 +67,11 @@ def main() -> None:
     print("| " + " | ".join(COLUMNS) + " |")
     print("|" + "---|" * len(COLUMNS))
     for run in args.runs:
-        row = outputs(run, args.n)
+        try:
+            row = outputs(run, args.n)
+        except UserError as e:  # e.g. a run still before its first checkpoint: the others still count
+            warn(f"skipping {e}")
+            continue
         print("| " + " | ".join(_cell(c, row[c]) for c in COLUMNS) + " |", flush=True)
 
 
