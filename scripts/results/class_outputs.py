@@ -70,7 +70,7 @@ def main() -> None:
         try:
             row = outputs(run, args.n)
         except UserError as e:  # e.g. a run still before its first checkpoint: the others still count
-            warn(f"skipping {e}")
+            warn(f"skipping: {e}")
             continue
         print("| " + " | ".join(_cell(c, row[c]) for c in COLUMNS) + " |", flush=True)
 

@@ -75,7 +75,7 @@ def test_class_outputs_report_reads_the_newest_checkpoint_of_d(semisup_run):
     proc = subprocess.run([sys.executable, str(REPO / "scripts" / "results" / "class_outputs.py"), str(semisup_run),
                            str(not_a_run), "--n", "128"], capture_output=True, text=True, timeout=120, env=cli_env())
     assert proc.returncode == 0, proc.stderr
-    assert f"capsgan: warning: skipping {not_a_run} has no config.yaml" in proc.stderr
+    assert f"capsgan: warning: skipping: {not_a_run} has no config.yaml" in proc.stderr
     header, _, row = proc.stdout.strip().splitlines()
     cells = dict(zip([c.strip() for c in header.strip("|").split("|")], [c.strip() for c in row.strip("|").split("|")]))
     acc, _ = _test_accuracy(semisup_run, 20)
