@@ -64,6 +64,8 @@ def main() -> None:
     ap.add_argument("runs", nargs="+", type=Path, help="semi-supervised run folders")
     ap.add_argument("--n", type=int, default=2000, help="held-out (and generated) images per run")
     args = ap.parse_args()
+    if args.n < 1:
+        ap.error(f"--n must be at least 1, got {args.n}")
     print("| " + " | ".join(COLUMNS) + " |")
     print("|" + "---|" * len(COLUMNS))
     for run in args.runs:
