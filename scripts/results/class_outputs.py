@@ -15,9 +15,12 @@ from pathlib import Path
 
 import torch
 
+from capsgan_dist.checkpoint import step_of
 from capsgan_dist.data import load_splits
 from capsgan_dist.dist import noise
 from capsgan_dist.errors import UserError, warn
+from capsgan_dist.losses import real_logit
+from capsgan_dist.metrics.evaluate import generate
 from capsgan_dist.sample import load_models, run_config
 from capsgan_dist.semisup import to_unit
 
@@ -42,15 +45,15 @@ def outputs(run: Path, n: int) -> dict:
     splits = load_splits(cfg.data, cfg.seed)
     x, y = to_unit(splits.test_x[:n]), splits.test_y[:n]
     real = _logits(D, x)
-    fake = _logits(D, torch.cat([G(z) for z in noise(len(x), cfg.model.latent_dim, torch.device("cpu"),
-                                                      cfg.seed, _NOISE_SALT).split(250)]))
+    z = noise(len(x), cfg.model.latent_dim, torch.device("cpu"), cfg.seed, _NOISE_SALT)
+    fake = _logits(D, generate(G, z, batch=250))
     top2 = torch.sigmoid(real).topk(2, dim=1).values
-    return {"run": str(run), "step": int(path.name.split("_")[-1]),
+    return {"run": str(run), "step": step_of(path),
             "test error %": 100 * (real.argmax(1) != y).float().mean().item(),
             "classes present": (real > 0).float().sum(1).mean().item(),
             "largest": top2[:, 0].mean().item(), "2nd largest": top2[:, 1].mean().item(),
-            "D(real test)": torch.sigmoid(real.logsumexp(1)).mean().item(),
-            "D(generated)": torch.sigmoid(fake.logsumexp(1)).mean().item()}
+            "D(real test)": torch.sigmoid(real_logit(real)).mean().item(),
+            "D(generated)": torch.sigmoid(real_logit(fake)).mean().item()}
 
 
 def _cell(column: str, v) -> str:
