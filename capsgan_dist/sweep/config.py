@@ -52,6 +52,10 @@ class SchedulerConfig:
     """PBT: the bottom fraction clones a trial of the top fraction."""
     resample_probability: float = 0.25
     """PBT: chance that a perturbed lr is redrawn from its range instead of scaled by 0.8 or 1.2."""
+    synch: bool = False
+    """PBT: clone only once every trial has reached the perturbation step (Tune's synchronous PBT).
+    Slower (trials that arrive first pause), but with few trials, or trials that start at different
+    times, the asynchronous default may find no other trial to compare with and clone nothing."""
     mutations: list[str] = field(default_factory=lambda: ["optim.lr_d", "optim.lr_g"])
     """PBT: space keys that are perturbed (must be continuous ranges in `space`)."""
 

@@ -97,7 +97,8 @@ def _scheduler(sweep: SweepConfig, steps: int):
                      for k, r in ranges.items()}
         return PopulationBasedTraining(time_attr="checkpoint_step", perturbation_interval=s.perturbation_interval,
                                        hyperparam_mutations=mutations, quantile_fraction=s.quantile_fraction,
-                                       resample_probability=s.resample_probability, require_attrs=False)
+                                       resample_probability=s.resample_probability, synch=s.synch,
+                                       require_attrs=False)
     return FIFOScheduler()
 
 

@@ -228,11 +228,12 @@ def test_two_worker_trial_trains_with_world_size_2(tmp_path, ray_address):
 
 
 def test_pbt_clones_a_checkpoint_and_continues_with_perturbed_learning_rates(tmp_path, ray_address):
-    # Two trials: at each 10-step checkpoint the worse one may clone the better one.
+    # Two trials: at each 10-step checkpoint the worse one clones the better one. Synchronous PBT:
+    # asynchronous PBT clones nothing when one trial reaches every checkpoint before the other starts.
     sweep = write_sweep(tmp_path, "pbt", trials=2, overrides=[*BASE, "train.steps=40"],
                         space={"model.routing_iters": None},
                         scheduler={"name": "pbt", "perturbation_interval": 10, "quantile_fraction": 0.5,
-                                   "resample_probability": 0.0})
+                                   "resample_probability": 0.0, "synch": True})
     run_capsgan("sweep", str(sweep), "--address", ray_address, timeout=300)
     rows = table(tmp_path / "sweeps" / "pbt")
     assert len(rows) == 2 and {r["status"] for r in rows} == {"done"}
