@@ -4,6 +4,6 @@ install:  ## create .venv and install everything (plus SLURM/Chromium/Fashion-MN
 test:     ## the full test suite
 	bash scripts/test.sh
 lint:
-	.venv/bin/ruff check capsgan_dist tests benchmarks
+	.venv/bin/ruff check capsgan_dist tests benchmarks scripts
 debug:    ## a seconds-long training run on synthetic data
 	.venv/bin/capsgan train configs/debug.yaml
