@@ -23,6 +23,9 @@ import yaml
 from conftest import CAPSULE_G_DEBUG, DEBUG_CONFIG, REPO, cli_env, run_capsgan, wait_for
 from safetensors.torch import load_file
 
+from capsgan_dist.sweep.config import load_sweep_config
+from capsgan_dist.sweep.run import _scheduler
+
 ray = pytest.importorskip("ray", reason="ray[tune] is an optional dependency (pip install -e .[tune])")
 pytestmark = pytest.mark.slow
 
@@ -225,6 +228,13 @@ def test_two_worker_trial_trains_with_world_size_2(tmp_path, ray_address):
     assert summary["world_size"] == 2 and summary["step"] == 20
     assert row["status"] == "done" and int(row["world_size"]) == 2 and int(row["step"]) == 20
     assert float(row["proxy_d_gap"]) >= 0  # rank 0's metrics reached Tune through TuneReportCallback
+
+
+@pytest.mark.parametrize("synch", [False, True])
+def test_pbt_scheduler_gets_the_synch_setting(tmp_path, synch):
+    sweep = load_sweep_config(write_sweep(tmp_path, "pbt", scheduler={"name": "pbt", "synch": synch}))
+    scheduler = _scheduler(sweep, steps=20)
+    assert type(scheduler).__name__ == "PopulationBasedTraining" and scheduler._synch is synch
 
 
 def test_pbt_clones_a_checkpoint_and_continues_with_perturbed_learning_rates(tmp_path, ray_address):
