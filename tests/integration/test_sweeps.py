@@ -234,7 +234,7 @@ def test_two_worker_trial_trains_with_world_size_2(tmp_path, ray_address):
 def test_pbt_scheduler_gets_the_synch_setting(tmp_path, synch):
     sweep = load_sweep_config(write_sweep(tmp_path, "pbt", scheduler={"name": "pbt", "synch": synch}))
     scheduler = _scheduler(sweep, steps=20)
-    assert type(scheduler).__name__ == "PopulationBasedTraining" and scheduler._synch is synch
+    assert isinstance(scheduler, ray.tune.schedulers.PopulationBasedTraining) and scheduler._synch is synch
 
 
 def test_pbt_clones_a_checkpoint_and_continues_with_perturbed_learning_rates(tmp_path, ray_address):
