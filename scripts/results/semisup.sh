@@ -13,7 +13,8 @@
 #   capsnet      the CapsNet classifier (capsgan classifier train) on the same labeled images
 # Runs resume where they stopped (resume=auto); the table comes from scripts/results/semisup_table.py.
 # Knobs (environment): SEEDS, STEPS, EVAL_EVERY, CAPSNET_VIEWS (labeled images the CapsNet sees), SETS,
-# MODELS (which of the five above to train; the table needs all), OUT, EXTRA (overrides for every GAN run).
+# MODELS (which of the five above to train; the table needs all), OUT, EXTRA (overrides for every GAN run),
+# RECORD (the record file; a variant with its own EXTRA wants its own OUT and RECORD).
 set -euo pipefail
 cd "$(dirname "$0")/../.."  # the repository root
 export PYTHONPATH=$PWD WANDB_MODE=offline OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
