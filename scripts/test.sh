@@ -3,7 +3,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export WANDB_MODE=${WANDB_MODE:-offline} WANDB_SILENT=true RAY_USAGE_STATS_ENABLED=0 PYTHONUNBUFFERED=1
-.venv/bin/python -m pytest tests "$@"
+.venv/bin/python -m pytest tests --durations=15 "$@"  # the slowest 15 tests at the end
 rc=$?
 if [ $rc -eq 5 ]; then
   echo "ERROR: pytest collected no tests" >&2
