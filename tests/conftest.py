@@ -29,6 +29,13 @@ def cli_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def write_script(path: Path, text: str) -> Path:
+    """Write an executable script: a stub or wrapper a test puts in place of a real program."""
+    path.write_text(text)
+    path.chmod(0o755)
+    return path
+
+
 def wait_for(condition, timeout: float, what: str, proc: subprocess.Popen | None = None,
              poll: float = 0.2) -> None:
     """Poll an on-disk (or cluster) condition, the event a test synchronises on, every `poll` s;

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import REPO
+from conftest import REPO, write_script
 
 SCRIPT = REPO / "benchmarks" / "gpu_check.sh"
 
@@ -32,9 +32,8 @@ def test_writes_one_report_one_json_one_log(tmp_path):
 def test_uses_python3_where_python_is_absent(tmp_path):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    wrapper = bin_dir / "python3"  # this interpreter as `python3`; `python` is not on this PATH
-    wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
-    wrapper.chmod(0o755)
+    # this interpreter as `python3`; `python` is not on this PATH
+    write_script(bin_dir / "python3", f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
     path = os.pathsep.join([str(bin_dir), "/usr/bin", "/bin"])
     probe = subprocess.run(["bash", "-c", "command -v python"], env={"PATH": path}, capture_output=True)
     assert probe.returncode != 0, "this machine has a `python` on /usr/bin or /bin: the test cannot hide it"

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import stat
 import subprocess
 from pathlib import Path
 
-from conftest import REPO
+from conftest import REPO, write_script
 
 SCRIPT = REPO / "scripts" / "results" / "paper_scale.sh"
 STUB = """#!/bin/bash
@@ -31,9 +30,7 @@ def _run(tmp: Path, *datasets: str, fail: str = "no-such-call") -> tuple[subproc
     for name in ("mnist", "fashion"):  # present: no classifier is trained
         (tmp / "runs" / "classifiers" / f"{name}-lenet.safetensors").touch()
     calls = tmp / "calls.log"
-    stub = tmp / "capsgan"
-    stub.write_text(STUB.format(calls=calls, fail=fail))
-    stub.chmod(stub.stat().st_mode | stat.S_IEXEC)
+    stub = write_script(tmp / "capsgan", STUB.format(calls=calls, fail=fail))
     proc = subprocess.run(["bash", str(tmp / "scripts" / "results" / "paper_scale.sh"), *datasets],
                           capture_output=True, text=True, timeout=60, env={**os.environ, "CAPSGAN": str(stub)})
     lines = [ln.split(" ", 1) for ln in calls.read_text().splitlines()] if calls.exists() else []

@@ -4,12 +4,11 @@ with a chosen code, so the script's exit-code handling is checked in millisecond
 from __future__ import annotations
 
 import shutil
-import stat
 import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from conftest import REPO, write_script
 
 STUB = """#!/bin/bash
 echo "$*" > "{calls}"
@@ -22,9 +21,7 @@ def _run(tmp: Path, pytest_rc: int, *args: str) -> tuple[subprocess.CompletedPro
     shutil.copy(REPO / "scripts" / "test.sh", tmp / "scripts" / "test.sh")
     (tmp / ".venv" / "bin").mkdir(parents=True)
     calls = tmp / "calls.log"
-    stub = tmp / ".venv" / "bin" / "python"
-    stub.write_text(STUB.format(calls=calls, rc=pytest_rc))
-    stub.chmod(stub.stat().st_mode | stat.S_IEXEC)
+    write_script(tmp / ".venv" / "bin" / "python", STUB.format(calls=calls, rc=pytest_rc))
     proc = subprocess.run(["bash", str(tmp / "scripts" / "test.sh"), *args], capture_output=True, text=True,
                           timeout=30)
     return proc, calls.read_text().strip()
