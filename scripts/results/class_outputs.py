@@ -6,8 +6,10 @@
 For each run's newest valid checkpoint, on the first N images of its held-out test split: the test
 error, how many classes D calls present (sigmoid(l_k) > 0.5; for the capsule D that is a class
 capsule longer than 0.5), the mean of the largest and second-largest sigmoid(l_k), and D's real/fake
-probability D(x) = Z/(Z+1), Z = sum_k exp(l_k), on those images and on N of G's samples. It tells a D
-that learned "one class present per image" from one that calls many classes present at once.
+probability D(x) = Z/(Z+1), Z = sum_k exp(l_k), on those images and on N of G's samples ("-" for a
+run on the labeled images alone, loss.unsup_weight=0: its G never trained and its D never saw G's
+images). It tells a D that learned "one class present per image" from one that calls many classes
+present at once.
 """
 
 import argparse
@@ -45,18 +47,22 @@ def outputs(run: Path, n: int) -> dict:
     splits = load_splits(cfg.data, cfg.seed)
     x, y = to_unit(splits.test_x[:n]), splits.test_y[:n]
     real = _logits(D, x)
-    z = noise(len(x), cfg.model.latent_dim, torch.device("cpu"), cfg.seed, _NOISE_SALT)
-    fake = _logits(D, generate(G, z, batch=250))
+    d_generated = None
+    if cfg.loss.unsup_weight > 0:
+        z = noise(len(x), cfg.model.latent_dim, torch.device("cpu"), cfg.seed, _NOISE_SALT)
+        d_generated = torch.sigmoid(real_logit(_logits(D, generate(G, z, batch=250)))).mean().item()
     top2 = torch.sigmoid(real).topk(2, dim=1).values
     return {"run": str(run), "step": step_of(path),
             "test error %": 100 * (real.argmax(1) != y).float().mean().item(),
             "classes present": (real > 0).float().sum(1).mean().item(),
             "largest": top2[:, 0].mean().item(), "2nd largest": top2[:, 1].mean().item(),
             "D(real test)": torch.sigmoid(real_logit(real)).mean().item(),
-            "D(generated)": torch.sigmoid(real_logit(fake)).mean().item()}
+            "D(generated)": d_generated}
 
 
 def _cell(column: str, v) -> str:
+    if v is None:
+        return "-"
     if not isinstance(v, float):
         return str(v)
     return f"{v:.2f}" if column in ("test error %", "classes present") else f"{v:.3f}"

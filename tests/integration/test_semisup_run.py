@@ -54,6 +54,16 @@ def semisup_run(tmp_path_factory) -> Path:
     return run
 
 
+def _class_outputs(*runs: Path, n: int) -> tuple[dict[str, str], str]:
+    """scripts/results/class_outputs.py on RUNS: the cells of its one table row by column, and its stderr."""
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "results" / "class_outputs.py"), *map(str, runs),
+                           "--n", str(n)], capture_output=True, text=True, timeout=120, env=cli_env())
+    assert proc.returncode == 0, proc.stderr
+    header, _, row = proc.stdout.strip().splitlines()
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    return dict(zip([c.strip() for c in header.strip("|").split("|")], cells)), proc.stderr
+
+
 def test_semisup_run_logs_its_losses_and_the_test_error_of_its_d(semisup_run):
     rows = [r for r in _rows(semisup_run) if "loss_d" in r]
     assert [r["step"] for r in rows] == [5, 10, 15, 20]
@@ -72,12 +82,9 @@ def test_semisup_run_logs_its_losses_and_the_test_error_of_its_d(semisup_run):
 def test_class_outputs_report_reads_the_newest_checkpoint_of_d(semisup_run):
     """scripts/results/class_outputs.py: the test error and the classes D calls present, per run."""
     not_a_run = semisup_run.parent / "not_a_run"
-    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "results" / "class_outputs.py"), str(semisup_run),
-                           str(not_a_run), "--n", "128"], capture_output=True, text=True, timeout=120, env=cli_env())
-    assert proc.returncode == 0, proc.stderr
-    assert f"capsgan: warning: skipping: {not_a_run} has no config.yaml" in proc.stderr
-    header, _, row = proc.stdout.strip().splitlines()
-    cells = dict(zip([c.strip() for c in header.strip("|").split("|")], [c.strip() for c in row.strip("|").split("|")]))
+    cells, stderr = _class_outputs(semisup_run, not_a_run, n=128)
+    assert f"capsgan: warning: skipping: {not_a_run} has no config.yaml" in stderr
+    assert 0 <= float(cells["D(generated)"]) <= 1  # G trained: D judged its samples
     acc, _ = _test_accuracy(semisup_run, 20)
     assert cells["run"] == str(semisup_run) and cells["step"] == "20"
     assert float(cells["test error %"]) == pytest.approx(100 * (1 - acc), abs=0.005)
@@ -158,6 +165,9 @@ def test_supervised_only_baseline_trains_d_alone_and_never_g(tmp_path):
     rows = [r for r in _rows(run) if "loss_d" in r]
     assert rows and all("loss_g" not in r and "loss_unsup" not in r and r["loss_d"] == r["loss_sup"] for r in rows)
     assert 10 in _evals(run)
+    # its G never trained, so the class-outputs report gives no D(generated)
+    cells, _ = _class_outputs(run, n=64)
+    assert cells["D(generated)"] == "-" and float(cells["D(real test)"]) > 0
 
 
 def test_semisup_bad_input_fails_in_one_line(tmp_path):
