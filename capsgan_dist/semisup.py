@@ -48,6 +48,11 @@ def stream_indices(n: int, batch: int, k: int, seed: int, salt: int, world: int 
     return out
 
 
+def trains_gan(cfg: Config) -> bool:
+    """Whether a semi-supervised run plays the GAN game; `loss.unsup_weight=0` trains D on its labels alone."""
+    return cfg.loss.unsup_weight > 0
+
+
 def to_unit(images: torch.Tensor) -> torch.Tensor:
     """uint8 (N, C, H, W) -> float in [-1, 1], as data.TensorImages gives the loader's images."""
     return images.float().div_(127.5).sub_(1.0)
@@ -62,7 +67,7 @@ class SemiSupervised:
         self.cfg, self.dist, self.splits = cfg, dist, splits
         self.G, self.D, self.D_plain, self.opt_g, self.opt_d = G, D, D_plain, opt_g, opt_d
         self.real_batches, self.clip = real_batches, clip
-        self.gan = cfg.loss.unsup_weight > 0
+        self.gan = trains_gan(cfg)
         self._extra = torch.zeros(len(_EXTRA_KEYS), dtype=torch.float64, device=dist.device)
         self._extra_n = 0
         both = cfg.train.schedule == "both"

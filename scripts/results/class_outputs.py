@@ -24,7 +24,7 @@ from capsgan_dist.errors import UserError, warn
 from capsgan_dist.losses import real_logit
 from capsgan_dist.metrics.evaluate import generate
 from capsgan_dist.sample import load_models, run_config
-from capsgan_dist.semisup import to_unit
+from capsgan_dist.semisup import to_unit, trains_gan
 
 _NOISE_SALT = 6  # latents of this report, apart from training's and evaluation's
 
@@ -48,7 +48,7 @@ def outputs(run: Path, n: int) -> dict:
     x, y = to_unit(splits.test_x[:n]), splits.test_y[:n]
     real = _logits(D, x)
     d_generated = None
-    if cfg.loss.unsup_weight > 0:
+    if trains_gan(cfg):
         z = noise(len(x), cfg.model.latent_dim, torch.device("cpu"), cfg.seed, _NOISE_SALT)
         d_generated = torch.sigmoid(real_logit(_logits(D, generate(G, z, batch=250)))).mean().item()
     top2 = torch.sigmoid(real).topk(2, dim=1).values
