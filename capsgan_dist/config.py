@@ -24,6 +24,10 @@ from capsgan_dist.shapes import min_capsule_image, primary_grid
 
 DATASETS = ("synthetic", "mnist", "fashion_mnist", "cifar10", "idx")
 GENERATORS = ("dcgan", "capsule")
+DISCRIMINATORS = ("capsule", "dcgan", "conv")
+# Model keys added after checkpoints existed: left out of model_hash at their defaults (see there).
+LATER_MODEL_KEYS = {"g_init": "keras", "d_kernel": 3, "d_bias": True, "d_init": "torch", "d_base_width": 64,
+                    "d_batchnorm": True}
 # Keys that shape only the capsule generator: left out of model_hash for dcgan (see there).
 CAPSULE_G_KEYS = ("generator", "g_top_caps", "g_top_dim", "g_primary_channels", "g_primary_dim", "g_routing_iters")
 # Names the metric registry (capsgan_dist.metrics) may register; listed here so that validating a
@@ -95,13 +99,17 @@ class DataConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     discriminator: str = "capsule"
-    """capsule (CapsuleGAN) | conv (the DCGAN baseline)."""
+    """capsule (CapsuleGAN) | dcgan (Radford et al.'s DCGAN D: 4x4 stride-2 convs, batch norm, N(0, 0.02)
+    init; the baseline) | conv (the paper's 5-layer reading of the DCGAN D: 3x3 convs, no batch norm)."""
     latent_dim: int = 100
     """Size of the generator's N(0, 1) latent vector."""
     g_widths: list[int] = field(default_factory=lambda: [128, 64, 32, 3])
     """Generator conv widths before the final conv to `data.channels` (paper: 128, 64, 32, 3, 1)."""
     g_batchnorm: bool = False
     """BatchNorm in the generator (the paper trains without it)."""
+    g_init: str = "keras"
+    """Generator init: keras (Glorot-uniform weights, zero biases, as the paper's Keras code) | dcgan
+    (Radford et al.: N(0, 0.02) weights, batch-norm scales N(1, 0.02))."""
     conv1_channels: int = 256
     """Kernels of the capsule D's first conv (paper: 256)."""
     conv1_kernel: int = 9
@@ -128,7 +136,18 @@ class ModelConfig:
     dense: int = 64
     """Width of the dense layer between the flattened capsules and the logit."""
     d_widths: list[int] = field(default_factory=lambda: [64, 128, 256, 512])
-    """Conv widths of the DCGAN baseline discriminator (a 5th conv gives the logit)."""
+    """conv D: widths of its strided convs (strides 2, 2, 2, 1; 3 widths drop the stride-1 conv); a last
+    conv over the remaining map gives the logit."""
+    d_kernel: int = 3
+    """conv D: kernel of its convs, 3 (the paper's reading) | 4 (as Radford et al.)."""
+    d_bias: bool = True
+    """conv D: biases in its convs (Radford et al.'s D has none)."""
+    d_init: str = "torch"
+    """conv D: init, torch (PyTorch's default) | dcgan (N(0, 0.02) weights, zero biases)."""
+    d_base_width: int = 64
+    """dcgan D: width of its first conv; each further strided conv doubles it (Radford et al.: 64)."""
+    d_batchnorm: bool = True
+    """dcgan D: batch norm after every strided conv but the first (Radford et al.); false for the ablation."""
     generator: str = "dcgan"
     """dcgan (the paper's conv generator) | capsule (z -> routed capsules -> the same conv stack)."""
     g_top_caps: int = 10
@@ -143,7 +162,10 @@ class ModelConfig:
     """Capsule G: routing iterations from the top capsules to the grid (3: Sabour et al.)."""
 
     def __post_init__(self) -> None:
-        _choice("model", "discriminator", self.discriminator, ("capsule", "conv"))
+        _choice("model", "discriminator", self.discriminator, DISCRIMINATORS)
+        _choice("model", "g_init", self.g_init, ("keras", "dcgan"))
+        _choice("model", "d_kernel", self.d_kernel, (3, 4))
+        _choice("model", "d_init", self.d_init, ("torch", "dcgan"))
         _choice("model", "generator", self.generator, GENERATORS)
         if self.g_top_caps < 2:
             raise ConfigError(
@@ -159,14 +181,14 @@ class ModelConfig:
                 "capsules is always 1 and routing would be a no-op; use model.n_caps>=2 (paper: 10)"
             )
         for name in ("latent_dim", "conv1_channels", "conv1_kernel", "primary_kernel",
-                     "primary_channels", "primary_dim", "caps_dim", "dense", "g_top_dim",
+                     "primary_channels", "primary_dim", "caps_dim", "dense", "g_top_dim", "d_base_width",
                      "g_primary_channels", "g_primary_dim", "g_routing_iters"):
             _positive("model", name, getattr(self, name), 1, strict=False)
         self._check_routing()
         if len(self.g_widths) < 3 or min(self.g_widths) < 1:
             raise ConfigError("model.g_widths must list at least 3 positive widths (paper: 128, 64, 32, 3)")
-        if len(self.d_widths) != 4 or min(self.d_widths) < 1:
-            raise ConfigError("model.d_widths must list 4 positive widths (the 5th conv gives the logit)")
+        if len(self.d_widths) not in (3, 4) or min(self.d_widths) < 1:
+            raise ConfigError("model.d_widths must list 3 or 4 positive widths (a last conv gives the logit)")
 
     def _check_routing(self) -> None:
         """Combinations the routing kinds cannot run (checked for the capsule D only)."""
@@ -248,6 +270,10 @@ class TrainConfig:
     """Semi-supervised: labeled images per device in a D batch (next to batch_real unlabeled ones)."""
     schedule: str = "alternate"
     """alternate (paper: D on even steps, G on odd) | both (D then G every step)."""
+    d_batches: str = "auto"
+    """How a D update sees real and generated images: joint (one forward of both; the same loss for a D
+    without batch norm) | separate (one forward each, so batch statistics never mix) | auto (separate
+    for a D with batch norm, joint otherwise)."""
     mixed_precision: str = "no"
     """no | bf16 | fp16 (fp16 uses loss scaling)."""
     log_every: int = 10
@@ -281,6 +307,7 @@ class TrainConfig:
             _positive("train", name, getattr(self, name), 1, strict=False)
         _positive("train", "progress_every_s", self.progress_every_s, 0, strict=False)
         _choice("train", "schedule", self.schedule, ("alternate", "both"))
+        _choice("train", "d_batches", self.d_batches, ("auto", "joint", "separate"))
         if any(s < 1 for s in self.keep_steps):
             raise ConfigError(f"train.keep_steps must hold steps >= 1, got {self.keep_steps}")
         if self.mixed_precision in ("False", "false"):  # YAML 1.1 reads a bare `no` as false
@@ -388,6 +415,13 @@ class Config:
         if semisup and self.model.discriminator == "capsule" and self.model.routing != "dynamic":
             raise ConfigError(f"model.routing={self.model.routing}: the semi-supervised capsule D reads class "
                               "capsule lengths and routes dynamically; set model.routing=dynamic")
+        if semisup and self.model.discriminator == "dcgan":
+            raise ConfigError("model.discriminator=dcgan has no semi-supervised (class-output) form; "
+                              "use model.discriminator=conv or capsule")
+        if self.model.discriminator == "dcgan" and self.model.d_batchnorm and self.train.d_batches == "joint":
+            raise ConfigError("train.d_batches=joint would mix real and generated images in the dcgan D's batch "
+                              "norm, so D could tell them apart by batch statistics; use train.d_batches=auto "
+                              "(or separate), or model.d_batchnorm=false")
         if semisup and self.perf.cuda_graphs:
             raise ConfigError("perf.cuda_graphs=true does not capture the semi-supervised steps; "
                               "set perf.cuda_graphs=false")
@@ -511,6 +545,9 @@ def model_hash(cfg: Config) -> str:
     model = to_dict(cfg)["model"]
     if cfg.model.generator == "dcgan":  # so checkpoints written before these keys existed still match
         for key in CAPSULE_G_KEYS:
+            del model[key]
+    for key, default in LATER_MODEL_KEYS.items():
+        if model[key] == default:
             del model[key]
     if model["routing"] == "dynamic":  # the only kind before model.routing existed: older checkpoints still match
         del model["routing"]

@@ -37,7 +37,7 @@ from capsgan_dist import losses, optim
 from capsgan_dist.config import Config
 from capsgan_dist.dist import Dist, noise
 from capsgan_dist.errors import ConfigError
-from capsgan_dist.steps import D_NOISE, G_NOISE, GanSteps  # the eager loop's salts: same noise, same run
+from capsgan_dist.steps import D_NOISE, G_NOISE, GanSteps, d_logits, separate_batches
 
 WARMUP_ITERS = 3
 
@@ -117,6 +117,7 @@ class GraphedSteps(GanSteps):
         self.z_d = torch.zeros(t.batch_fake, cfg.model.latent_dim, device=dev)
         self.z_g = torch.zeros(t.batch_real + t.batch_fake, cfg.model.latent_dim, device=dev)
         self.bf16 = t.mixed_precision == "bf16"
+        self.separate = separate_batches(cfg, self.D)
         self.graph_d = self.graph_g = None
         if capture:
             self._capture()
@@ -138,9 +139,8 @@ class GraphedSteps(GanSteps):
         with torch.no_grad(), self._autocast():
             fake = self.G(self.z_d)
         with self._autocast():
-            logits = self.D(torch.cat([self.real, fake.to(self.real.dtype)]))
-        n = len(self.real)
-        lr_, lf = logits[:n].float(), logits[n:].float()
+            lr_, lf = d_logits(self.D, self.real, fake, self.separate)
+        lr_, lf = lr_.float(), lf.float()
         loss = losses.d_loss(lr_, lf, self.cfg.loss)
         loss.backward()
         gnorm = self._grad_norm(self.D)

@@ -18,6 +18,7 @@ from torch import nn
 from capsgan_dist import losses, optim
 from capsgan_dist.config import Config
 from capsgan_dist.dist import Dist, noise
+from capsgan_dist.models.dcgan_discriminator import has_batchnorm
 from capsgan_dist.step_stats import StepStats
 
 # Salts that keep the noise streams of the two updates apart (train.py has the others).
@@ -48,6 +49,22 @@ class GanSteps:
         return {}
 
 
+def separate_batches(cfg: Config, D: nn.Module) -> bool:
+    """Whether a D update forwards real and generated images separately (train.d_batches; auto: if D has batch norm)."""
+    if cfg.train.d_batches == "auto":
+        return has_batchnorm(D)
+    return cfg.train.d_batches == "separate"
+
+
+def d_logits(D: nn.Module, real: torch.Tensor, fake: torch.Tensor, separate: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """D's logits on the real and the generated batch: two forwards, or one over both (B_real + B_fake,)."""
+    fake = fake.to(real.dtype)
+    if separate:  # batch norm sees each batch alone, as in Radford et al.'s training loop
+        return D(real), D(fake)
+    logits = D(torch.cat([real, fake]))
+    return logits[: len(real)], logits[len(real):]
+
+
 def apply_update(acc, model: nn.Module, opt, clip: float, device: torch.device) -> torch.Tensor:
     """Clip (or just measure) the gradient norm, step unless it is non-finite; the norm, on the device."""
     norm = optim.grad_norm(model, clip, acc)
@@ -66,6 +83,7 @@ class EagerSteps(GanSteps):
         self.cfg, self.dist, self.clip = cfg, dist, clip
         self.G, self.D, self.D_plain = G, D, D_plain  # D_plain: unwrapped, used where D is frozen
         self.opt_g, self.opt_d, self.real_batches = opt_g, opt_d, real_batches
+        self.separate = separate_batches(cfg, D_plain)
 
     def d_step(self, step: int) -> torch.Tensor:
         """One D update on this rank's next real batch and batch_fake fakes; returns D_KEYS (5,)."""
@@ -74,8 +92,7 @@ class EagerSteps(GanSteps):
         z = noise(t.batch_fake, self.cfg.model.latent_dim, dist.device, self.cfg.seed, step, dist.rank, D_NOISE)
         with torch.no_grad():
             fake = self.G(z)
-        logits = self.D(torch.cat([real, fake.to(real.dtype)]))  # one forward for real and fake
-        lr_, lf = logits[: len(real)], logits[len(real):]
+        lr_, lf = d_logits(self.D, real, fake, self.separate)
         loss = losses.d_loss(lr_, lf, self.cfg.loss)
         dist.acc_d.backward(loss)
         gnorm = self._update(dist.acc_d, self.D, self.opt_d)

@@ -8,22 +8,28 @@ from torch import nn
 from capsgan_dist.config import N_CLASSES, Config
 from capsgan_dist.models.capsule_generator import CapsuleGenerator
 from capsgan_dist.models.class_discriminators import CapsuleClassDiscriminator, ConvClassDiscriminator
+from capsgan_dist.models.dcgan_discriminator import DCGANDiscriminator, dcgan_init
 from capsgan_dist.models.discriminators import CapsuleDiscriminator, ConvDiscriminator
 from capsgan_dist.models.generators import Generator
 
 
 def build_generator(cfg: Config) -> nn.Module:
-    """The DCGAN-style generator, or the capsule generator when model.generator=capsule."""
+    """The DCGAN-style generator, or the capsule generator when model.generator=capsule (model.g_init: its init)."""
     m, d = cfg.model, cfg.data
     if m.generator == "capsule":
-        return CapsuleGenerator(m.latent_dim, d.image_size, d.channels, m.g_top_caps, m.g_top_dim,
-                                m.g_primary_channels, m.g_primary_dim, m.g_routing_iters, m.routing_grad,
-                                tuple(m.g_widths), m.g_batchnorm)
-    return Generator(m.latent_dim, d.image_size, d.channels, tuple(m.g_widths), m.g_batchnorm)
+        G: nn.Module = CapsuleGenerator(m.latent_dim, d.image_size, d.channels, m.g_top_caps, m.g_top_dim,
+                                        m.g_primary_channels, m.g_primary_dim, m.g_routing_iters, m.routing_grad,
+                                        tuple(m.g_widths), m.g_batchnorm)
+    else:
+        G = Generator(m.latent_dim, d.image_size, d.channels, tuple(m.g_widths), m.g_batchnorm)
+    if m.g_init == "dcgan":  # in place of the Keras init each generator applies itself
+        dcgan_init(G)
+    return G
 
 
 def build_discriminator(cfg: Config) -> nn.Module:
-    """The capsule discriminator, or the DCGAN conv baseline when model.discriminator=conv.
+    """The capsule discriminator, Radford et al.'s DCGAN D (model.discriminator=dcgan) or the paper's
+    5-layer reading of it (conv).
 
     Semi-supervised runs (data.labels_per_class > 0) get the same D with N_CLASSES class logits.
     """
@@ -34,8 +40,10 @@ def build_discriminator(cfg: Config) -> nn.Module:
         return CapsuleClassDiscriminator(d.image_size, d.channels, m.conv1_channels, m.conv1_kernel,
                                          m.primary_kernel, m.primary_channels, m.primary_dim, N_CLASSES,
                                          m.caps_dim, m.routing_iters, m.routing_grad, cfg.perf.routing)
+    if m.discriminator == "dcgan":
+        return DCGANDiscriminator(d.image_size, d.channels, m.d_base_width, m.d_batchnorm)
     if m.discriminator == "conv":
-        return ConvDiscriminator(d.image_size, d.channels, tuple(m.d_widths))
+        return ConvDiscriminator(d.image_size, d.channels, tuple(m.d_widths), m.d_kernel, m.d_bias, m.d_init)
     return CapsuleDiscriminator(d.image_size, d.channels, m.conv1_channels, m.conv1_kernel,
                                 m.primary_kernel, m.primary_channels, m.primary_dim, m.n_caps,
                                 m.caps_dim, m.routing_iters, m.routing_grad, m.dense, cfg.perf.routing,
@@ -66,5 +74,5 @@ def model_summary(cfg: Config) -> dict[str, int]:
 
 
 __all__ = ["CapsuleClassDiscriminator", "CapsuleDiscriminator", "CapsuleGenerator", "ConvClassDiscriminator",
-           "ConvDiscriminator", "Generator", "build_generator", "build_discriminator", "count_params",
-           "forward_flops", "model_summary"]
+           "ConvDiscriminator", "DCGANDiscriminator", "Generator", "build_generator", "build_discriminator",
+           "count_params", "forward_flops", "model_summary"]

@@ -1,4 +1,6 @@
-"""Discriminators: the capsule network of CapsuleGAN and the DCGAN conv baseline. Both return logits (B,)."""
+"""Discriminators: the capsule network of CapsuleGAN and the paper's conv baseline. Both return logits (B,).
+
+Radford et al.'s DCGAN D, the stronger baseline, is in dcgan_discriminator.py."""
 
 from __future__ import annotations
 
@@ -6,6 +8,7 @@ import torch
 from torch import nn
 
 from capsgan_dist.models.capsules import capsule_layers
+from capsgan_dist.models.dcgan_discriminator import dcgan_init
 from capsgan_dist.shapes import conv_out, min_capsule_image, primary_grid
 
 
@@ -42,25 +45,34 @@ class CapsuleDiscriminator(nn.Module):
         return self.head(v).squeeze(-1)  # (B,) logits; sigmoid lives in the loss
 
 
-def conv_body(image_size: int, channels: int, widths: tuple[int, ...]) -> tuple[list[nn.Module], int, int]:
-    """The DCGAN D's 4 strided 3x3 convs with LeakyReLU: the layers, then the map size and channels after them."""
+def conv_body(image_size: int, channels: int, widths: tuple[int, ...], kernel: int = 3,
+              bias: bool = True) -> tuple[list[nn.Module], int, int]:
+    """The conv D's strided convs (padding 1; strides 2, 2, 2 and, with a 4th width, 1) with LeakyReLU:
+    the layers, then the map size and channels after them."""
     layers: list[nn.Module] = []
     size, c_in = image_size, channels
     for w, stride in zip(widths, (2, 2, 2, 1)):
-        layers += [nn.Conv2d(c_in, w, 3, stride=stride, padding=1), nn.LeakyReLU(0.2)]
-        size, c_in = conv_out(size, 3, stride, 1), w
+        layers += [nn.Conv2d(c_in, w, kernel, stride=stride, padding=1, bias=bias), nn.LeakyReLU(0.2)]
+        size, c_in = conv_out(size, kernel, stride, 1), w
     return layers, size, c_in
 
 
 class ConvDiscriminator(nn.Module):
-    """DCGAN baseline: 4 strided 3x3 convs with LeakyReLU, then a 5th conv over the map -> logit."""
+    """The paper's 5-layer reading: 4 strided 3x3 convs with LeakyReLU, then a 5th conv over the map -> logit.
+
+    kernel, bias, init and 3 widths instead of 4 exist for the ablation against Radford et al.'s
+    D (docs/design.md); the defaults are the paper's reading.
+    """
 
     def __init__(self, image_size: int = 28, channels: int = 1,
-                 widths: tuple[int, ...] = (64, 128, 256, 512)):
+                 widths: tuple[int, ...] = (64, 128, 256, 512), kernel: int = 3, bias: bool = True,
+                 init: str = "torch"):
         super().__init__()
-        layers, size, c_in = conv_body(image_size, channels, widths)
-        layers.append(nn.Conv2d(c_in, 1, size))  # 5th conv covers the whole remaining map
+        layers, size, c_in = conv_body(image_size, channels, widths, kernel, bias)
+        layers.append(nn.Conv2d(c_in, 1, size, bias=bias))  # 5th conv covers the whole remaining map
         self.net = nn.Sequential(*layers)
+        if init == "dcgan":
+            dcgan_init(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x).flatten()  # (B,)
