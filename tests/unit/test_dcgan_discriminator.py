@@ -149,3 +149,19 @@ def test_model_hash_ignores_new_keys_at_their_defaults_only():
     assert model_hash(default) == model_hash(load_config(None, ["model.d_kernel=3", "model.g_init=keras"]))
     for ov in ("model.d_kernel=4", "model.g_init=dcgan", "model.d_batchnorm=false", "model.d_base_width=32"):
         assert model_hash(load_config(None, [ov])) != model_hash(default), ov
+
+
+def test_without_batch_norm_joint_and_separate_forwards_give_the_same_loss_and_gradients():
+    """Why the capsule and conv Ds need no separate forwards: without batch norm the two are one function."""
+    from capsgan_dist import losses
+    from capsgan_dist.config import LossConfig
+
+    torch.manual_seed(0)
+    D = ConvDiscriminator(28, 1, (8, 16, 32, 32))
+    real, fake = torch.rand(6, 1, 28, 28) * 2 - 1, torch.rand(4, 1, 28, 28) * 2 - 1
+    grads = []
+    for separate in (False, True):
+        D.zero_grad()
+        losses.d_loss(*d_logits(D, real, fake, separate), LossConfig()).backward()
+        grads.append(torch.cat([p.grad.flatten() for p in D.parameters()]))
+    assert torch.allclose(grads[0], grads[1], rtol=1e-5, atol=1e-7)
