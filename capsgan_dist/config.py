@@ -194,12 +194,12 @@ class ModelConfig:
         """Combinations the routing kinds cannot run (checked for the capsule D only)."""
         if self.discriminator != "capsule":
             return
-        if self.routing == "em":
-            for name in ("primary_dim", "caps_dim"):
-                if getattr(self, name) != EM_POSE:
-                    raise ConfigError(
-                        f"model.{name}={getattr(self, name)} does not fit model.routing=em, whose capsules are "
-                        f"4x4 pose matrices; set model.{name}={EM_POSE}")
+        if self.routing == "em":  # every key to change in one message
+            bad = [f"model.{n}={getattr(self, n)}" for n in ("primary_dim", "caps_dim") if getattr(self, n) != EM_POSE]
+            if bad:
+                fix = " ".join(f"{b.split('=')[0]}={EM_POSE}" for b in bad)
+                raise ConfigError(f"{' and '.join(bad)} {'do' if len(bad) > 1 else 'does'} not fit model.routing=em, "
+                                  f"whose capsules are 4x4 pose matrices; set {fix}")
         if self.routing == "attention" and self.routing_grad != "all":
             raise ConfigError(f"model.routing_grad={self.routing_grad} does not fit model.routing=attention, "
                               "which routes in one pass with nothing to detach; use model.routing_grad=all")

@@ -298,6 +298,14 @@ def load_splits(cfg: DataConfig, seed: int) -> SemiSupSplits:
     if classes != N_CLASSES:
         raise DataError(f"{source} has {classes} classes; semi-supervised training supports {N_CLASSES}")
     pool_y = y[train_src]
+    # A class short of labels only because the hold-out took its images: name the key that did.
+    short = (torch.bincount(pool_y, minlength=N_CLASSES) < cfg.labels_per_class) & \
+        (torch.bincount(y, minlength=N_CLASSES) >= cfg.labels_per_class)
+    if official is None and short.any():
+        c = int(short.nonzero()[0])
+        raise DataError(f"data.test_size={cfg.test_size} leaves {len(train_src)} of {source}'s {len(x)} images for "
+                        f"training, and class {c} has {int((pool_y == c).sum())} of them, fewer than "
+                        f"data.labels_per_class={cfg.labels_per_class}; use a smaller data.test_size (default 2000)")
     labeled, unlabeled = balanced_subset(pool_y, cfg.labels_per_class, seed)
     if len(unlabeled) == 0:
         raise DataError(f"data.labels_per_class={cfg.labels_per_class} labels every training image; "

@@ -20,7 +20,7 @@ from capsgan_dist.models.routing import (
     squash,
 )
 from capsgan_dist.models.routing.em import POSE
-from capsgan_dist.models.routing.squash import EPS as _EPS
+from capsgan_dist.models.routing.squashing import EPS as _EPS
 from capsgan_dist.shapes import conv_out  # re-exported: the layer code has always imported it from here
 
 

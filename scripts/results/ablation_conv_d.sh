@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# The conv-D ablation of docs/design.md: configs/ablation_conv_d_mnist.yaml in two single-threaded lanes
+# The conv-D ablation of docs/design.md: configs/compare_ablation_conv_d_mnist.yaml in two single-threaded lanes
 # at low priority (about 40 min on a 2-core CPU), then the report (table.md, fid.png) without --only.
 # Rerun the same command to continue after a stop: finished runs are skipped, others resume.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export PYTHONPATH=$PWD WANDB_MODE=offline OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 CAPSGAN=${CAPSGAN:-.venv/bin/capsgan}
-CFG=configs/ablation_conv_d_mnist.yaml
+CFG=configs/compare_ablation_conv_d_mnist.yaml
 mkdir -p runs/classifiers
 [ -f runs/classifiers/mnist-lenet.safetensors ] || $CAPSGAN classifier train --data ../shared/data/mnist \
   --arch lenet --epochs 5 --out runs/classifiers/mnist-lenet.safetensors

@@ -20,7 +20,8 @@ def _one_line_error(proc) -> str:
     (("train.batch_real=abc",), "train.batch_real"),
     (("data.name=imagenet",), "data.name"),
     (("model.n_caps=1",), "no-op"),
-    (("model.routing=em",), "model.primary_dim=4 does not fit model.routing=em"),
+    (("model.routing=em",), "model.primary_dim=4 and model.caps_dim=8 do not fit model.routing=em, whose "
+                            "capsules are 4x4 pose matrices; set model.primary_dim=16 model.caps_dim=16"),
     (("model.routing_iters",), "key=value"),
     (("data.image_size=8",), "data.image_size>=12"),  # too small for debug.yaml's capsule D kernels
 ])

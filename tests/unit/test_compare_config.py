@@ -116,3 +116,15 @@ def test_only_names_an_unknown_model_fails_before_any_training(tmp_path: Path, m
     with pytest.raises(UserError, match=r"--only capsgn: not a model .*capsgan, dcgan, capsgan_r1"):
         cmp.compare(cc, only=["capsgn"])
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("compare_*.yaml")), ids=lambda p: p.name)
+def test_every_compare_preset_builds_every_runs_train_config(path: Path, monkeypatch):
+    """Each preset's models are valid train configs (a bad override fails here, not hours into a run)."""
+    from capsgan_dist.compare import _train_config
+
+    monkeypatch.chdir(REPO)
+    cc = load_compare_config(path)
+    for v in variants(cc):
+        cfg = _train_config(cc, v.overrides, cc.seeds[0], Path("run"))
+        assert cfg.seed == cc.seeds[0]

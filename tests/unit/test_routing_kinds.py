@@ -29,7 +29,7 @@ from capsgan_dist.models.routing import (
     routed_capsules,
 )
 from capsgan_dist.models.routing.em import MASS_EPS, VAR_EPS
-from capsgan_dist.models.routing.squash import EPS
+from capsgan_dist.models.routing.squashing import EPS
 
 TIGHT = 1e-9
 
@@ -448,10 +448,10 @@ def test_dynamic_is_the_default_and_keeps_the_layer_and_hash():
     import hashlib
     import json
 
-    from capsgan_dist.config import CAPSULE_G_KEYS
+    from capsgan_dist.config import CAPSULE_G_KEYS, LATER_MODEL_KEYS
 
     model = to_dict(cfg)["model"]
-    for key in ("routing", *CAPSULE_G_KEYS):  # keys that came later; a dcgan-G, dynamic-routing hash omits them
+    for key in ("routing", *CAPSULE_G_KEYS, *LATER_MODEL_KEYS):  # keys that came later; omitted at these values
         del model[key]
     old = hashlib.sha256(json.dumps({"model": model, "image_size": 28, "channels": 1}, sort_keys=True)
                          .encode()).hexdigest()[:16]
@@ -474,3 +474,20 @@ def test_invalid_routing_combinations_are_one_line_config_errors(overrides, need
 def test_em_with_the_conv_discriminator_is_not_checked():
     """The DCGAN baseline has no capsules: em's capsule sizes do not apply to it."""
     assert load_config(None, ["model.discriminator=conv", "model.routing=em"]).model.routing == "em"
+
+
+def test_squash_module_and_function_have_different_names(monkeypatch):
+    """`import ...routing.squashing as sq` is the module, so setting sq.EPS reaches squash()."""
+    import importlib
+
+    import capsgan_dist.models.routing as routing
+    import capsgan_dist.models.routing.squashing as sq
+
+    assert callable(routing.squash) and not callable(sq)
+    assert importlib.import_module("capsgan_dist.models.routing.squashing") is sq
+    zero = torch.zeros(1, 3)
+    s = torch.tensor([[1e-3, 0.0, 0.0]])
+    before = routing.squash(s)
+    monkeypatch.setattr(sq, "EPS", 1.0)
+    assert not torch.equal(routing.squash(s), before)
+    assert torch.equal(routing.squash(zero), zero)

@@ -71,6 +71,12 @@ def test_too_many_labels_is_a_data_error_naming_the_key():
         load_splits(DataConfig(name="synthetic", synthetic_size=600, labels_per_class=1, test_size=600), 0)
 
 
+def test_a_hold_out_that_leaves_too_few_training_images_names_test_size():
+    with pytest.raises(DataError, match=r"data.test_size=595 leaves 5 of .* use a smaller data.test_size") as e:
+        load_splits(DataConfig(name="synthetic", synthetic_size=600, labels_per_class=10, test_size=595), 0)
+    assert "use data.labels_per_class<=" not in str(e.value)
+
+
 # ---------------------------------------------------------------------------------------------
 # Loss pieces against hand computations (float64, plain math)
 

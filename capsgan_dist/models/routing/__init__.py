@@ -17,7 +17,7 @@ from capsgan_dist.models.routing.attention import AttentionCaps, attention_routi
 from capsgan_dist.models.routing.dynamic import dynamic_routing
 from capsgan_dist.models.routing.dynamic_fused import routed_capsules
 from capsgan_dist.models.routing.em import EMCaps, PrimaryMatrixCaps, em_routing, inverse_temperatures
-from capsgan_dist.models.routing.squash import squash, squash_exp
+from capsgan_dist.models.routing.squashing import squash, squash_exp
 
 ROUTINGS = ("dynamic", "em", "attention")
 """The values of model.routing, the default first."""

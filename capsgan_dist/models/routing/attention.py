@@ -14,7 +14,7 @@ import math
 import torch
 from torch import nn
 
-from capsgan_dist.models.routing.squash import EPS, squash_exp
+from capsgan_dist.models.routing.squashing import EPS, squash_exp
 
 
 def attention_routing(u_hat: torch.Tensor, log_prior: torch.Tensor) -> torch.Tensor:

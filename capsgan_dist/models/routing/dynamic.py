@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from capsgan_dist.models.routing.squash import squash
+from capsgan_dist.models.routing.squashing import squash
 
 
 def dynamic_routing(u_hat: torch.Tensor, iterations: int, grad: str = "all") -> torch.Tensor:

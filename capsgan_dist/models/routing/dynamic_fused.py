@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import torch
 
-from capsgan_dist.models.routing.squash import EPS as _EPS  # sqrt(|s|^2 + eps): finite gradient at 0
+from capsgan_dist.models.routing.squashing import EPS as _EPS  # sqrt(|s|^2 + eps): finite gradient at 0
 
 
 def _acc(dtype: torch.dtype) -> torch.dtype:
