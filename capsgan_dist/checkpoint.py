@@ -19,6 +19,7 @@ from pathlib import Path
 
 from capsgan_dist.dist import Dist
 from capsgan_dist.errors import CheckpointError, warn
+from capsgan_dist.plots import step_name
 
 MANIFEST = "manifest.json"
 TMP_PREFIX = ".tmp-"
@@ -85,8 +86,8 @@ def save_checkpoint(dist: Dist, root: Path, step: int, model_hash: str, keep: in
 
     `extra` goes into the manifest (e.g. the CPU time spent so far); `keep_steps` are never pruned.
     """
-    final = root / f"step_{step:07d}"
-    tmp = root / f"{TMP_PREFIX}step_{step:07d}"
+    final = root / step_name(step)
+    tmp = root / f"{TMP_PREFIX}{step_name(step)}"
     err: BaseException | None = None
     if dist.is_main:
         try:

@@ -14,7 +14,7 @@ NONFINITE_EXIT = 3  # training diverged: distinct from bad input (2) and preempt
 
 
 def _train(args: argparse.Namespace) -> int:
-    from capsgan_dist.config import load_config, to_yaml
+    from capsgan_dist.config import load_config, replace, run_name, to_yaml
 
     overrides = list(args.overrides)
     path = args.config
@@ -35,6 +35,8 @@ def _train(args: argparse.Namespace) -> int:
     elif path is None:
         raise UserError("capsgan train needs a CONFIG file (e.g. configs/debug.yaml) or --resume RUN_DIR")
     cfg = load_config(path, overrides)
+    if not args.resume and not any(o.startswith(("name=", "train.run_dir=")) for o in overrides):
+        cfg = replace(cfg, name=run_name(cfg.name, overrides))  # runs-folder names tell model variants apart
     if args.dry_run:
         print(to_yaml(cfg), end="")
         return 0
@@ -61,7 +63,7 @@ def _sample(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from capsgan_dist.report import save_wandb_report, write_html
 
-    out = write_html([Path(d) for d in args.runs], Path(args.out), args.title)
+    out = write_html([Path(d) for d in args.runs], Path(args.out) if args.out else None, args.title)
     print(f"wrote {out}")
     if args.wandb:
         print(f"W&B report: {save_wandb_report([Path(d) for d in args.runs], args.title, args.entity, args.project)}")
@@ -101,14 +103,15 @@ def _compare(args: argparse.Namespace) -> int:
 
     cc = load_compare_config(args.config, args.overrides)
     only = [n for n in (args.only or "").split(",") if n]
-    if compare(cc, only=only) is None:
+    agg = compare(cc, only=only)
+    if agg is None:
         from capsgan_dist.train import PREEMPTED_EXIT_CODE
 
         return PREEMPTED_EXIT_CODE
     if only:
         print(f"trained {', '.join(only)}; run the same command without --only to write the report")
         return 0
-    print(f"wrote {Path(cc.out_dir) / 'table.md'}, fid.png, compare.json")
+    print(f"wrote in {cc.out_dir}: {', '.join(agg['written'])}")
     return 0
 
 
@@ -118,10 +121,22 @@ def _sweep(args: argparse.Namespace) -> int:
     return sweep_command(args.config, args.overrides, args.address, args.resume)
 
 
+class _DefaultsHelp(argparse.HelpFormatter):
+    """--help shows each option's default, unless it has none or its help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        no_default = action.default is None or action.default is False or action.default == argparse.SUPPRESS
+        if action.option_strings and not no_default and "default" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="capsgan", description="CapsuleGAN training, distributed.")
+    p = argparse.ArgumentParser(prog="capsgan", description="CapsuleGAN training, distributed.",
+                                formatter_class=_DefaultsHelp)
     p.add_argument("--debug", action="store_true", help="show full tracebacks for bad input")
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_subparser)
 
     t = sub.add_parser("train", help="train a GAN from a YAML config")
     t.add_argument("config", nargs="?", help="YAML config, e.g. configs/debug.yaml")
@@ -139,14 +154,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("report", help="one self-contained HTML report of runs (and a W&B Report with --wandb)")
     r.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders")
-    r.add_argument("--out", default="report.html", help="output HTML file")
+    r.add_argument("--out", help="output HTML file (default: RUN_DIR/report.html for one run; for several, "
+                   "report.html in the folder that holds them all)")
     r.add_argument("--title", default="CapsuleGAN runs", help="report title")
     r.add_argument("--wandb", action="store_true", help="also create a W&B Report (needs a key and network)")
     r.add_argument("--entity", help="W&B entity for --wandb (default: the runs' tracking.entity)")
     r.add_argument("--project", help="W&B project for --wandb (default: the runs' tracking.project)")
     r.set_defaults(fn=_report)
     c = sub.add_parser("classifier", help="feature classifier for the metrics")
-    csub = c.add_subparsers(dest="action", required=True)
+    csub = c.add_subparsers(dest="action", required=True, parser_class=_subparser)
     ct = csub.add_parser("train", help="train a classifier on a labelled IDX folder")
     ct.add_argument("--data", required=True, help="IDX folder with *-images-idx3-ubyte.gz and *-labels-idx1-ubyte.gz")
     ct.add_argument("--arch", default="lenet", choices=["lenet", "capsnet"], help="classifier architecture")
@@ -185,6 +201,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "(rerunning a sweep resumes it anyway)")
     w.set_defaults(fn=_sweep)
     return p
+
+
+def _subparser(**kwargs) -> argparse.ArgumentParser:
+    """Every subcommand (and sub-subcommand) shows its defaults in --help too."""
+    kwargs.setdefault("formatter_class", _DefaultsHelp)
+    return argparse.ArgumentParser(**kwargs)
 
 
 def main(argv: list[str] | None = None) -> int:

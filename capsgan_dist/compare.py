@@ -269,6 +269,8 @@ def _fmt(row: dict, m: str) -> str:
     if m not in row:
         return "-"
     digits = 4 if m == "kid" else 3 if m in ("precision", "recall") else 2
+    if len(row.get(m + "_seeds", ())) == 1:  # one seed: no spread to show
+        return f"{row[m]:.{digits}f}"
     return f"{row[m]:.{digits}f} ± {row[m + '_sd']:.{digits}f}"
 
 
@@ -342,7 +344,7 @@ def sample_grids(cc: CompareConfig, out_dir: Path) -> list[Path]:
     seed, written = cc.seeds[0], []
     for step in cc.grid_steps:
         # Models may train for different lengths: a step only the longer runs reach shows those.
-        found = {n: _run_dir(cc, n, seed) / "samples" / f"step_{step:06d}.png" for n in cc.models}
+        found = {n: plots.sample_file(_run_dir(cc, n, seed), step) for n in cc.models}
         names = [n for n, p in found.items() if p.is_file()]
         pngs = [found[n] for n in names]
         if not names:
@@ -366,7 +368,8 @@ def report(cc: CompareConfig) -> dict:
     out_dir = Path(cc.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     agg = aggregate(cc)
-    text = f"# {cc.name}: {', '.join(cc.models)}; {len(cc.seeds)} seeds, {cc.steps} steps\n\n" + table(agg)
+    n = len(cc.seeds)
+    text = f"# {cc.name}: {', '.join(cc.models)}; {n} seed{'s' * (n != 1)}, {cc.steps} steps\n\n" + table(agg)
     text += "\nTraining wall time per run (s, evaluations included): " + ", ".join(
         f"{name} {statistics.fmean(v['wall_s_seeds']):.0f}" for name, v in agg["variants"].items()
         if v["wall_s_seeds"]) + "\n"
@@ -392,6 +395,9 @@ def report(cc: CompareConfig) -> dict:
     points_png = compare_points.points_grid(cc, _run_dir, out_dir / "grid_points.png") if cc.points else None
     if points_png:
         agg["grids"].append(str(points_png))
+    pngs = ["fid.png", "fid_cpu.png", *["ablation.png"] * bool(cc.routing_ablation),
+            *["routing.png"] * bool(cc.routing_kinds)]
+    agg["written"] = ["table.md", "compare.json", *pngs, *(Path(g).name for g in agg["grids"])]
     (out_dir / "compare.json").write_text(json.dumps(agg, indent=1) + "\n")
     return agg
 

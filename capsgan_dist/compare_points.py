@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from capsgan_dist import checkpoint
+from capsgan_dist import checkpoint, plots
 from capsgan_dist.config import load_config
 from capsgan_dist.metrics.evaluate import real_images
 from capsgan_dist.metrics.gam import battle
@@ -29,7 +29,7 @@ def points_grid(cc, run_dir, out: Path) -> Path | None:
     import matplotlib.pyplot as plt
 
     cols = [(name, st) for name, steps in cc.points.items() for st in steps]
-    pngs = {(s, n, st): run_dir(cc, n, s) / "samples" / f"step_{st:06d}.png" for s in cc.seeds for n, st in cols}
+    pngs = {(s, n, st): plots.sample_file(run_dir(cc, n, s), st) for s in cc.seeds for n, st in cols}
     if not cols or not all(p.is_file() for p in pngs.values()):
         return None
     fig, axes = plt.subplots(len(cc.seeds), len(cols), figsize=(3 * len(cols), 3.2 * len(cc.seeds)), squeeze=False)

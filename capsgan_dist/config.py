@@ -10,6 +10,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -528,6 +529,20 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         return OmegaConf.to_object(base)
     except OmegaConfBaseException as e:
         raise _explain(e, "the merged config") from None
+
+
+def run_name(name: str, overrides: list[str] | tuple[str, ...]) -> str:
+    """`name` plus the overrides that define the model, short: debug + model.routing=em -> debug-routing=em.
+
+    Lists become x-joined (model.d_widths=[64,128] -> d_widths=64x128); other keys stay out of the name.
+    """
+    parts = []
+    for ov in overrides:
+        key, _, value = ov.partition("=")
+        if key.startswith("model."):
+            value = re.sub(r"[^A-Za-z0-9.+_-]+", "x", value.strip().strip("[]").replace(" ", ""))
+            parts.append(f"{key[len('model.'):]}={value}")
+    return "-".join([name, *parts])
 
 
 def to_dict(cfg: Config) -> dict:

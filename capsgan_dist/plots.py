@@ -9,6 +9,23 @@ import torch
 from torchvision.utils import make_grid, save_image
 
 
+def step_name(step: int) -> str:
+    """A step's checkpoint folder name, step_0000020; its sample grid is samples/step_0000020.png."""
+    return f"step_{step:07d}"
+
+
+def sample_file(run_dir: Path, step: int, kind: str = "step") -> Path:
+    """samples/<kind>_0000020.png of a run; a run written before names had 7 digits may hold <kind>_000020.png."""
+    path = run_dir / "samples" / f"{kind}_{step:07d}.png"
+    legacy = run_dir / "samples" / f"{kind}_{step:06d}.png"
+    return legacy if not path.is_file() and legacy.is_file() else path
+
+
+def by_step(paths) -> list[Path]:
+    """Sample files in step order, whatever the width of their step numbers."""
+    return sorted(paths, key=lambda p: int(p.stem.rsplit("_", 1)[1]))
+
+
 def save_grid(images: torch.Tensor, path: Path, nrow: int = 8) -> None:
     """Save images in [-1, 1] as one PNG grid."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -46,6 +46,8 @@ class Run:
     fixed_grids: list[tuple[int, Path]] = field(default_factory=list)
     rank_grids: list[tuple[int, Path]] = field(default_factory=list)
     wandb_id: str | None = None
+    evals: list[dict] = field(default_factory=list)
+    """`capsgan eval`'s scores (eval.json), one dict per checkpoint in step order: step, fid, kid, ..."""
 
     @property
     def name(self) -> str:
@@ -56,6 +58,8 @@ class Run:
         out: dict[str, float] = {}
         for row in self.metrics:
             out.update({k: v for k, v in row.items() if isinstance(v, (int, float))})
+        if self.evals:  # the newest checkpoint's `capsgan eval` scores, beside any the loop logged
+            out.update({f"eval/{k}": v for k, v in self.evals[-1].items() if k != "step" and isinstance(v, float)})
         return out
 
 
@@ -69,6 +73,43 @@ def _grids(folder: Path, prefix: str) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def _evals(path: Path) -> list[dict]:
+    """The per-checkpoint scores of a run's eval.json (empty without one, or with an unreadable one)."""
+    try:
+        rows = json.loads(path.read_text())["checkpoints"] if path.is_file() else []
+    except (ValueError, KeyError, TypeError):
+        return []
+    scores = [{k: v for k, v in r.items() if k == "step" or isinstance(v, float)} for r in rows if "step" in r]
+    return sorted(scores, key=lambda r: r["step"])
+
+
+def evals_png(runs: list[Run]) -> bytes | None:
+    """Each `capsgan eval` metric against the checkpoint step, every run overlaid; None unless a run has 2+ points."""
+    if not any(len(r.evals) > 1 for r in runs):
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [k for k in ("fid", "kid", "is", "precision", "recall") if any(k in e for r in runs for e in r.evals)]
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)
+    for ax, k in zip(axes[0], keys):
+        for i, r in enumerate(runs):
+            pts = [(e["step"], e[k]) for e in r.evals if k in e]
+            if pts:
+                ax.plot(*zip(*pts), "o-", color=f"C{i % 10}", label=r.name)
+        ax.set_title(k)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="best", fontsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80)
+    plt.close(fig)
+    return buf.getvalue()
+
+
 def load_run(path: Path) -> Run:
     """Read a run folder written by `capsgan train`."""
     path = Path(path)
@@ -78,7 +119,7 @@ def load_run(path: Path) -> Run:
     env_file = path / "environment.json"
     environment = json.loads(env_file.read_text()) if env_file.is_file() else {}
     id_file = path / "wandb_id.txt"
-    return Run(path=path, config=config or {}, environment=environment,
+    return Run(evals=_evals(path / "eval.json"), path=path, config=config or {}, environment=environment,
                metrics=read_metrics(path / "metrics.jsonl"),
                fixed_grids=_grids(path / "samples", "step"), rank_grids=_grids(path / "samples", "ranks"),
                wandb_id=id_file.read_text().strip() if id_file.is_file() else None)
@@ -203,6 +244,21 @@ def render_html(runs: list[Run], title: str = "CapsuleGAN runs") -> str:
     # Curves.
     parts.append(f'<h2>Curves</h2><img class="curves" alt="training curves" src="{_png_uri(curves_png(runs))}">')
 
+    # Sample quality of the checkpoints `capsgan eval` scored: a table per run, a curve when there are several.
+    parts.append("<h2>Sample quality (capsgan eval)</h2>")
+    if not any(r.evals for r in runs):
+        parts.append('<p class="muted">no eval.json: run <code>capsgan eval --run RUN_DIR [--all]</code></p>')
+    for r in runs:
+        if r.evals:
+            cols = ["step", *sorted({k for e in r.evals for k in e} - {"step"})]
+            head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
+            body = "".join("<tr>" + "".join(f'<td class="num">{_esc(e.get(c))}</td>' for c in cols) + "</tr>"
+                           for e in r.evals)
+            parts.append(f"<h3>{html.escape(r.name)}</h3><table><tr>{head}</tr>{body}</table>")
+    quality = evals_png(runs)
+    if quality:
+        parts.append(f'<img class="curves" alt="sample quality by checkpoint" src="{_png_uri(quality)}">')
+
     # Sample grids over time.
     parts.append("<h2>Samples over time</h2>")
     for r in runs:
@@ -227,12 +283,18 @@ def render_html(runs: list[Run], title: str = "CapsuleGAN runs") -> str:
     return "\n".join(parts)
 
 
-def write_html(run_dirs: list[Path], out: Path, title: str = "CapsuleGAN runs") -> Path:
-    """Load the runs and write the HTML report to `out`."""
+def default_out(run_dirs: list[Path]) -> Path:
+    """Where a report goes without --out: one run's own folder, or the folder that holds all the runs."""
+    dirs = [Path(d).resolve() for d in run_dirs]
+    return (dirs[0] if len(dirs) == 1 else Path(os.path.commonpath(dirs))) / "report.html"
+
+
+def write_html(run_dirs: list[Path], out: Path | None = None, title: str = "CapsuleGAN runs") -> Path:
+    """Load the runs and write the HTML report to `out` (default: `default_out`)."""
     if not run_dirs:
         raise UserError("capsgan report needs at least one RUN_DIR")
     runs = [load_run(Path(d)) for d in run_dirs]
-    out = Path(out)
+    out = Path(out) if out else default_out(run_dirs)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(render_html(runs, title), encoding="utf-8")
     return out

@@ -224,7 +224,7 @@ def _train(cfg: Config, dist: Dist, require_checkpoint: bool,
     probe.close()
     if dist.is_main:
         plots.plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png")
-        plots.make_gif(sorted((run_dir / "samples").glob("step_*.png")), run_dir / "samples.gif")
+        plots.make_gif(plots.by_step((run_dir / "samples").glob("step_*.png")), run_dir / "samples.gif")
     return {"run_dir": str(run_dir), "step": step + 1 if t.steps > start else start,
             "preempted": preempted, "skipped_steps": skipped, "world_size": dist.world,
             "wall_s": time.perf_counter() - t_start, **last, "cpu_s": cpu_total}
@@ -283,7 +283,7 @@ def _save_samples(G, dist: Dist, fixed_z: torch.Tensor, run_dir: Path, step: int
     if not dist.is_main:
         return
     images = _sample(G, dist, fixed_z)
-    plots.save_grid(images, run_dir / "samples" / f"step_{step:06d}.png")
+    plots.save_grid(images, plots.sample_file(run_dir, step))
     tracker.log_image(step, "samples/fixed", plots.grid_tensor(images), f"fixed noise, step {step}")
 
 
@@ -292,6 +292,6 @@ def _log_rank_grid(G, dist: Dist, cfg: Config, step: int, tracker, run_dir: Path
     z = noise(per_rank, cfg.model.latent_dim, dist.device, cfg.seed, step, dist.rank, _RANK_GRID_NOISE)
     images = dist.gather(_sample(G, dist, z).float())  # (world * per_rank, C, H, W), rank order
     if dist.is_main:
-        plots.save_grid(images, run_dir / "samples" / f"ranks_{step:06d}.png", nrow=per_rank)
+        plots.save_grid(images, plots.sample_file(run_dir, step, "ranks"), nrow=per_rank)
         tracker.log_image(step, "samples/ranks", plots.grid_tensor(images, nrow=per_rank),
                           f"one row per rank ({dist.world} ranks), step {step}")

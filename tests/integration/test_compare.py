@@ -28,6 +28,10 @@ def test_compare_trains_both_models_over_seeds_and_reports(tmp_path: Path, mnist
     proc = run_capsgan("compare", str(path), timeout=600)
     assert proc.stdout.count("finished earlier, skipped") == 2  # dcgan seeds 0 and 1
     assert "grid steps [1000]" in proc.stdout  # beyond 20 steps: said, not silently dropped
+    listed = proc.stdout.strip().splitlines()[-1].split(": ", 1)[1].split(", ")  # the closing line
+    assert {"table.md", "compare.json", "fid.png", "fid_cpu.png", "ablation.png", "grid_step_0000010.png",
+            "grid_step_0000020.png"} == set(listed)
+    assert all((out / f).is_file() for f in listed)
 
     # Same generator, schedule, data and seed: the configs differ only in the discriminator.
     a = yaml.safe_load((out / "capsgan" / "seed1" / "config.yaml").read_text())

@@ -121,7 +121,7 @@ def test_rank_grid_has_one_grid_row_per_rank(two_rank_run: Path) -> None:
                                                                       row["samples/ranks.height"])
         rows = [grid.crop((PAD, PAD + r * cell, grid.width, (r + 1) * cell)) for r in range(2)]
         assert rows[0].tobytes() != rows[1].tobytes(), "both rows are the same rank's samples"
-    with Image.open(two_rank_run / "samples" / "ranks_000020.png") as im:
+    with Image.open(two_rank_run / "samples" / "ranks_0000020.png") as im:
         assert im.height == 2 * cell + PAD  # the local copy the HTML report shows
 
 

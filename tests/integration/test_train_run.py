@@ -55,7 +55,7 @@ def test_debug_run_writes_every_output(debug_run):
         assert r["img_s"] > 0 and r["loss_d"] > 0
 
     for step in (10, 20):
-        with Image.open(run / "samples" / f"step_{step:06d}.png") as im:
+        with Image.open(run / "samples" / f"step_{step:07d}.png") as im:  # the checkpoints' 7 digits
             assert im.size == _grid_size(16, 28)  # n_samples=16 fixed-noise images
     with Image.open(run / "curves.png") as im:
         assert im.format == "PNG" and im.size[0] > 500
@@ -89,7 +89,8 @@ def test_dry_run_prints_the_merged_overrides(tmp_path):
                        f"train.out_dir={out}", "--dry-run", timeout=120)
     printed = yaml.safe_load(proc.stdout)
     assert printed["model"]["routing_iters"] == 4 and printed["optim"]["lr_d"] == 3e-4  # overrides
-    assert printed["name"] == "debug" and printed["model"]["n_caps"] == 4  # from the file
+    assert printed["name"] == "debug-routing_iters=4"  # the model-defining override, in the run's name
+    assert printed["model"]["n_caps"] == 4  # from the file
     assert printed["optim"]["beta1"] == 0.5  # a default
     assert not out.exists()  # nothing run, nothing written
 

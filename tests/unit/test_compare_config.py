@@ -128,3 +128,13 @@ def test_every_compare_preset_builds_every_runs_train_config(path: Path, monkeyp
     for v in variants(cc):
         cfg = _train_config(cc, v.overrides, cc.seeds[0], Path("run"))
         assert cfg.seed == cc.seeds[0]
+
+
+def test_a_one_seed_table_shows_values_without_a_spread():
+    from capsgan_dist.compare import table
+
+    one = {"step": 10, "fid": 12.345, "fid_sd": 0.0, "fid_seeds": [12.345]}
+    two = {"step": 10, "fid": 12.0, "fid_sd": 1.5, "fid_seeds": [11.0, 13.0]}
+    text = table({"variants": {"a": {"groups": ["models"], "rows": [one]}, "b": {"groups": ["models"], "rows": [two]}}})
+    assert "| a | 10 | 12.35 |" in text and "± 0.00" not in text
+    assert "| b | 10 | 12.00 ± 1.50 |" in text

@@ -145,3 +145,12 @@ def test_config_is_frozen():
 def test_mixed_precision_no_on_the_command_line_means_no():
     # YAML 1.1 (and OmegaConf's dotlist) read a bare `no` as the boolean false.
     assert load_config(None, ["train.mixed_precision=no"]).train.mixed_precision == "no"
+
+
+def test_run_name_carries_the_model_overrides_in_short_form():
+    from capsgan_dist.config import run_name
+
+    assert run_name("debug", ["model.routing=em", "optim.lr_d=1e-4", "model.generator=capsule"]) == \
+        "debug-routing=em-generator=capsule"
+    assert run_name("debug", ["model.d_widths=[8, 16,32]"]) == "debug-d_widths=8x16x32"
+    assert run_name("debug", ["train.steps=5"]) == "debug"

@@ -34,3 +34,15 @@ def test_plot_curves_writes_a_png(tmp_path: Path):
     plot_curves(metrics, tmp_path / "out" / "curves.png")
     with Image.open(tmp_path / "out" / "curves.png") as im:
         assert im.format == "PNG" and im.size == (1500, 400)
+
+
+def test_sample_files_share_the_checkpoints_step_format_and_read_older_runs(tmp_path):
+    from capsgan_dist.plots import by_step, sample_file, step_name
+
+    assert sample_file(tmp_path, 20).name == f"{step_name(20)}.png" == "step_0000020.png"
+    assert sample_file(tmp_path, 20, "ranks").name == "ranks_0000020.png"
+    (tmp_path / "samples").mkdir()
+    (tmp_path / "samples" / "step_000500.png").write_bytes(b"")  # written before 7 digits
+    assert sample_file(tmp_path, 500).name == "step_000500.png"
+    mixed = [tmp_path / "step_0001000.png", tmp_path / "step_000500.png", tmp_path / "step_0000020.png"]
+    assert [p.name for p in by_step(mixed)] == ["step_0000020.png", "step_000500.png", "step_0001000.png"]

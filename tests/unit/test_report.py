@@ -80,3 +80,36 @@ def test_wandb_report_needs_wandb_runs(tmp_path: Path) -> None:
     run = load_run(_fake_run(tmp_path, "local_only", 2e-4, 100, None))
     with pytest.raises(UserError, match="tracking.backend=wandb"):
         build_wandb_report([run], entity="team", project="proj")
+
+
+def _eval_json(run: Path, steps: list[int]) -> None:
+    rows = [{"step": s, "checkpoint": f"step_{s:07d}", "fid": 100.0 / s, "kid": 0.01, "is": 2.0 + s / 1000,
+             "precision": 0.5, "recall": 0.25} for s in steps]
+    (run / "eval.json").write_text(json.dumps({"run": str(run), "checkpoints": rows}))
+
+
+def test_eval_json_scores_reach_the_final_table_and_a_table_per_checkpoint(tmp_path: Path) -> None:
+    path = _fake_run(tmp_path, "a", 2e-4, 1000, None)
+    one = render_html([load_run(path)])
+    assert "no eval.json" in one
+    _eval_json(path, [500, 1000])
+    run = load_run(path)
+    assert [e["step"] for e in run.evals] == [500, 1000]
+    assert run.final()["eval/fid"] == 0.1 and run.final()["eval/is"] == 3.0
+    text = render_html([run])
+    assert "<h2>Sample quality (capsgan eval)</h2>" in text and "<th>precision</th>" in text
+    assert '<td class="num">500</td>' in text and "0.2</td>" in text  # the step-500 row's FID
+    assert text.count("<img ") == 1 + 6 + 6 + 1  # the quality curve, since there are two checkpoints
+    _eval_json(path, [1000])
+    assert render_html([load_run(path)]).count("<img ") == 1 + 6 + 6  # one checkpoint: its table alone
+
+
+def test_report_goes_into_the_run_folder_or_the_folder_holding_the_runs(tmp_path: Path, monkeypatch) -> None:
+    from capsgan_dist.report import write_html
+
+    a, b = _fake_run(tmp_path / "runs", "a", 2e-4, 100, None), _fake_run(tmp_path / "runs", "b", 1e-4, 100, None)
+    monkeypatch.chdir(tmp_path)
+    assert write_html([a]) == a.resolve() / "report.html" and (a / "report.html").is_file()
+    assert write_html([a, b]) == (tmp_path / "runs").resolve() / "report.html"
+    assert write_html([a, b], tmp_path / "x.html") == tmp_path / "x.html"
+    assert not (tmp_path / "report.html").exists()  # never the current folder by default
