@@ -48,7 +48,12 @@ def _train(args: argparse.Namespace) -> int:
               f"capsgan train --resume {summary['run_dir']}", file=sys.stderr)
         return PREEMPTED_EXIT_CODE
     if os.environ.get("RANK", "0") == "0":
-        print(f"run finished: {summary['run_dir']} (step {summary['step']})")
+        line = f"run finished: {summary['run_dir']} (step {summary['step']})"
+        if cfg.data.labels_per_class:  # a semi-supervised run ends with its D's test error
+            from capsgan_dist.semisup import final_test_error_line
+
+            line += f"; {final_test_error_line(Path(summary['run_dir'])) or 'no test error logged'}"
+        print(line)
     return 0
 
 

@@ -15,6 +15,7 @@ rank), so a resumed run reads exactly what the uninterrupted one would have.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -171,3 +172,15 @@ class SemiSupervised:
                 tracker.log(step, self.test_error())
 
         return hook
+
+
+def final_test_error_line(run_dir: Path) -> str | None:
+    """'test error 12.50% (best 11.25% at step 15)' from a run's metrics.jsonl; None if it logged none."""
+    from capsgan_dist.plots import read_metrics
+
+    errs = [(r["step"], r["eval/test_error"]) for r in read_metrics(Path(run_dir) / "metrics.jsonl")
+            if "eval/test_error" in r]
+    if not errs:
+        return None
+    best_step, best = min(errs, key=lambda e: e[1])
+    return f"test error {100 * errs[-1][1]:.2f}% (best {100 * best:.2f}% at step {best_step})"

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from capsgan_dist.config import load_config
 from capsgan_dist.data import load_splits
 from capsgan_dist.models import build_discriminator, build_generator
-from capsgan_dist.semisup import to_unit
+from capsgan_dist.semisup import final_test_error_line, to_unit
 
 CONFIG = REPO / "configs" / "semisup_debug.yaml"  # 20 steps, test error every 10, 128 test images
 QUIET = ("train.progress=false",)
@@ -49,7 +49,7 @@ def _test_accuracy(run: Path, step: int) -> tuple[float, int]:
 def semisup_run(tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("semisup") / "run"
     proc = run_capsgan("train", str(CONFIG), f"train.run_dir={run}", *QUIET, timeout=300)
-    assert f"run finished: {run} (step 20)" in proc.stdout
+    assert f"run finished: {run} (step 20); test error " in proc.stdout
     assert "semi-supervised: synthetic: 384 train / 128 held out" in proc.stderr
     return run
 
@@ -73,6 +73,11 @@ def test_semisup_run_logs_its_losses_and_the_test_error_of_its_d(semisup_run):
         assert 0 <= r["acc_lab"] <= 1 and r["loss_sup"] > 0
     evals = _evals(semisup_run)
     assert sorted(evals) == [10, 20]  # eval.every=10
+    # The closing line gives the last and the best of them, and where the best was.
+    best_step = min(evals, key=lambda st: evals[st]["eval/test_error"])
+    line = final_test_error_line(semisup_run)
+    assert line == (f"test error {100 * evals[20]['eval/test_error']:.2f}% (best "
+                    f"{100 * evals[best_step]['eval/test_error']:.2f}% at step {best_step})")
     for step, r in evals.items():
         acc, n = _test_accuracy(semisup_run, step)
         assert r["eval/test_n"] == n == 128
