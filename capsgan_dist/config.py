@@ -381,8 +381,13 @@ class PerfConfig:
     cuda_graphs: bool = False
     """Replay the D and G steps as captured CUDA graphs (1 CUDA process); off is the safe choice (unmeasured)."""
 
+    cpu_threads: int = 0
+    """torch's intra-op CPU threads per process; 0: the CPUs this process may use (affinity, cgroup quota,
+    SLURM_CPUS_PER_TASK) divided among the node's local processes, capped by OMP_NUM_THREADS (threads.py)."""
+
     def __post_init__(self) -> None:
         _choice("perf", "routing", self.routing, ("fused", "einsum"))
+        _positive("perf", "cpu_threads", self.cpu_threads, 0, strict=False)
 
 
 @dataclass(frozen=True)

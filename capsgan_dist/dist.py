@@ -18,6 +18,7 @@ from accelerate.utils import DistributedType
 
 from capsgan_dist.config import Config
 from capsgan_dist.errors import ConfigError
+from capsgan_dist.threads import choose_threads
 
 
 @dataclass
@@ -26,6 +27,8 @@ class Dist:
 
     acc_g: Accelerator
     acc_d: Accelerator
+    threads_from: str = ""
+    """Why torch has the intra-op threads it has (threads.py), for environment.json."""
 
     @property
     def rank(self) -> int:
@@ -96,6 +99,8 @@ def _deepspeed_requested() -> bool:
 
 def setup(cfg: Config) -> Dist:
     """Create the Accelerators for G and D from the launch environment and the config."""
+    threads, threads_from = choose_threads(cfg.perf.cpu_threads)
+    torch.set_num_threads(threads)
     mp = cfg.train.mixed_precision
     if mp == "fp16" and not torch.cuda.is_available():  # Accelerate would silently train in fp32
         raise ConfigError("train.mixed_precision=fp16 needs a GPU (fp16 autocast with loss scaling); "
@@ -113,7 +118,7 @@ def setup(cfg: Config) -> Dist:
             os.environ.setdefault("DS_ACCELERATOR", "cpu")
         acc_g = Accelerator(mixed_precision=mp, cpu=cpu)
         acc_d = Accelerator(mixed_precision=mp, cpu=cpu)  # shares acc_g's process state
-    return Dist(acc_g, acc_d)
+    return Dist(acc_g, acc_d, threads_from)
 
 
 def seed_for(*parts: int) -> int:

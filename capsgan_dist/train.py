@@ -135,7 +135,7 @@ def _train(cfg: Config, dist: Dist, require_checkpoint: bool,
             print(f"capsgan: removed {name}, an unfinished checkpoint of a killed run", file=sys.stderr)
         checkpoint.write_text_atomic(run_dir / "config.yaml", to_yaml(cfg))
         _truncate_metrics(run_dir / "metrics.jsonl", start)
-    environment = {"world_size": dist.world, **provenance.environment()}
+    environment = {"world_size": dist.world, **provenance.environment(), "cpu_threads_from": dist.threads_from}
     if dist.is_main:
         checkpoint.write_text_atomic(run_dir / "environment.json", json.dumps(environment, indent=1))  # for report
     run_config = {**to_dict(cfg), **environment}
