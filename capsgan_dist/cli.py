@@ -44,8 +44,12 @@ def _train(args: argparse.Namespace) -> int:
 
     summary = train(cfg, require_checkpoint=bool(args.resume))
     if summary["preempted"]:
-        print(f"stopped at step {summary['step']} on a signal; checkpoint saved. Resume with: "
-              f"capsgan train --resume {summary['run_dir']}", file=sys.stderr)
+        # Once, from rank 0, with what continues this launch: a launcher exports its own command
+        # (CAPSGAN_RESUME_CMD with {run}); an empty one means the launcher says it itself.
+        resume = os.environ.get("CAPSGAN_RESUME_CMD", "capsgan train --resume {run}")
+        if os.environ.get("RANK", "0") == "0" and resume:
+            print(f"stopped at step {summary['step']} on a signal; checkpoint saved. Resume with: "
+                  f"{resume.replace('{run}', summary['run_dir'])}", file=sys.stderr)
         return PREEMPTED_EXIT_CODE
     if os.environ.get("RANK", "0") == "0":
         line = f"run finished: {summary['run_dir']} (step {summary['step']})"

@@ -28,6 +28,9 @@ Per-device batch is train.batch_real + train.batch_fake; the global batch is tha
 number of processes (docs/distributed.md). Environment: PYTHON (interpreter; default the
 repo's .venv/bin/python, else python3), OMP_NUM_THREADS (CPU threads per process; default
 cores / N with --cpu N). The command is printed before it runs.
+
+Ctrl-C or SIGTERM: every process finishes its step and checkpoints; rank 0 prints the command that
+continues this launch (the same launcher options with --resume RUN_DIR) and the script exits 75.
 EOF
 }
 
@@ -97,4 +100,33 @@ SHOWN=(PYTHONPATH="$PYTHONPATH")
 [ -n "$CPU" ] && SHOWN+=(CUDA_VISIBLE_DEVICES= OMP_NUM_THREADS="$OMP_NUM_THREADS")
 printf '+'; printf ' %q' "${SHOWN[@]}" "${CMD[@]}"; printf '\n'
 [ "$DRY" -eq 1 ] && exit 0
-exec "${CMD[@]}"
+
+# What continues this launch after a stop; rank 0 prints it with the run folder (capsgan_dist/cli.py).
+RESUME=(bash launch/local.sh)
+[ -z "$CPU" ] || RESUME+=(--cpu "$CPU")
+[ -z "$ZERO" ] || RESUME+=(--zero "$ZERO")
+export CAPSGAN_RESUME_CMD="${RESUME[*]} --resume {run}"
+# On a stop the launcher narrates "Received 2 death signal" and "Sending process N closing signal":
+# torch.distributed's logged warnings off (errors stay) unless you set TORCH_LOGS or LOGLEVEL.
+export TORCH_LOGS="${TORCH_LOGS:--distributed}" LOGLEVEL="${LOGLEVEL:-ERROR}"
+PREEMPTED_EXIT=75
+
+# In the background so a trap can fire: Ctrl-C (or SIGTERM to this script) reaches the launcher,
+# which passes it to every rank; each checkpoints and exits 75, which the launcher calls a failure.
+SIGNALS=0
+# shellcheck disable=SC2317,SC2329  # invoked by the traps below
+on_signal() { SIGNALS=$((SIGNALS + 1)); kill -TERM "$PID" 2>/dev/null || true; }
+trap on_signal INT TERM
+"${CMD[@]}" &
+PID=$!
+seen=-1
+rc=0
+while [ "$seen" != "$SIGNALS" ]; do  # a trapped signal interrupts `wait`: wait again for the launcher
+  seen=$SIGNALS
+  rc=0
+  wait "$PID" || rc=$?
+done
+if [ "$rc" != 0 ] && [ "$SIGNALS" != 0 ]; then
+  exit "$PREEMPTED_EXIT"
+fi
+exit "$rc"
