@@ -57,6 +57,8 @@ def _train(args: argparse.Namespace) -> int:
             from capsgan_dist.semisup import final_test_error_line
 
             line += f"; {final_test_error_line(Path(summary['run_dir'])) or 'no test error logged'}"
+        if summary.get("tracking_note"):
+            line += f"; {summary['tracking_note']}"
         print(line)
     return 0
 

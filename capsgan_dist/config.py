@@ -334,6 +334,9 @@ class TrackingConfig:
     """W&B notes."""
     grid_every: int = 500
     """Steps between per-rank sample grids gathered from all ranks."""
+    wandb_console: bool = False
+    """W&B's own console output (banner, run links, history sparklines); off: the run's closing line
+    says where the W&B run is and how to upload it."""
 
     def __post_init__(self) -> None:
         _choice("tracking", "backend", self.backend, ("wandb", "local", "none"))

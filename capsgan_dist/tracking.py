@@ -7,6 +7,7 @@ local files stay complete.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 from collections.abc import Callable
@@ -29,6 +30,10 @@ class NullTracker:
 
     def finish(self) -> None:
         pass
+
+    def closing_note(self) -> str | None:
+        """What the run's closing line should say about this tracker (e.g. how to upload it), if anything."""
+        return None
 
 
 class LocalTracker(NullTracker):
@@ -58,11 +63,20 @@ class WandbTracker(NullTracker):
         if why:
             warn(why)
         self._wandb = wandb
+        # W&B's banner, run links and history sparklines would drown the run's own output (30+
+        # lines for a 20-step run): silent unless tracking.wandb_console; closing_note says the rest.
+        settings = None if t.wandb_console else wandb.Settings(silent=True)
         self.run = wandb.init(project=t.project, entity=t.entity, group=t.group, tags=list(t.tags),
                               notes=t.notes, name=run_dir.name, dir=str(run_dir), mode=mode,
-                              config=run_config, id=resume_id, resume="allow" if resume_id else None)
+                              config=run_config, id=resume_id, resume="allow" if resume_id else None,
+                              settings=settings)
         (run_dir / "wandb_id.txt").write_text(self.run.id)
-        self._broken = False
+        self.mode, self.run_folder = mode, Path(self.run.dir).parent  # wandb/offline-run-<time>-<id>
+        self._broken = self._finished = False
+        # A process that ends without finish() (a sweep trial stopped by its scheduler, whose W&B service
+        # may be gone first): tear W&B down quietly. Registered after W&B's own exit hook, so it runs
+        # first, and W&B's hook, which would print "ConnectionResetError: Connection lost", is dropped.
+        atexit.register(self._quiet_teardown)
 
     def _safely(self, fn, *args, force: bool = False, **kwargs) -> None:
         if self._broken and not force:
@@ -83,6 +97,23 @@ class WandbTracker(NullTracker):
 
     def finish(self) -> None:
         self._safely(self.run.finish, force=True)  # even after a failed log: flush what was logged
+        # Stop W&B's service now: left to interpreter exit, its atexit hook finds the service gone
+        # in short-lived processes (sweep trials) and prints "ConnectionResetError: Connection lost".
+        self._safely(self._wandb.teardown, force=True)
+        self._finished = True
+
+    def _quiet_teardown(self) -> None:
+        if self._finished:
+            return
+        try:
+            self._wandb.teardown()
+        except Exception:  # the service died with the process group: nothing left to flush
+            pass
+
+    def closing_note(self) -> str | None:
+        if self.mode == "offline":
+            return f"W&B offline run: upload with `wandb sync {self.run_folder}`"
+        return f"W&B: {self.run.url}" if self.mode == "online" and self.run.url else None
 
 
 class Trackers(NullTracker):
@@ -102,6 +133,10 @@ class Trackers(NullTracker):
     def finish(self) -> None:
         for t in self.trackers:
             t.finish()
+
+    def closing_note(self) -> str | None:
+        notes = [n for t in self.trackers if (n := t.closing_note())]
+        return "; ".join(notes) or None
 
 
 def resolve_mode(config_mode: str, env_mode: str | None, has_key: Callable[[], bool]) -> tuple[str, str | None]:

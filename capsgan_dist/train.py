@@ -221,13 +221,14 @@ def _train(cfg: Config, dist: Dist, require_checkpoint: bool,
                 break
     bar.close()
     tracker.finish()
+    tracking_note = tracker.closing_note()
     probe.close()
     if dist.is_main:
         plots.plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png")
         plots.make_gif(plots.by_step((run_dir / "samples").glob("step_*.png")), run_dir / "samples.gif")
     return {"run_dir": str(run_dir), "step": step + 1 if t.steps > start else start,
             "preempted": preempted, "skipped_steps": skipped, "world_size": dist.world,
-            "wall_s": time.perf_counter() - t_start, **last, "cpu_s": cpu_total}
+            "wall_s": time.perf_counter() - t_start, **last, "cpu_s": cpu_total, "tracking_note": tracking_note}
 
 
 def _check_nonfinite(window: WindowStats, t: TrainConfig, run_dir: Path) -> int:

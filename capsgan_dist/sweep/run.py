@@ -125,6 +125,7 @@ def init_ray(sweep: SweepConfig, sweep_dir: Path, address: str | None) -> None:
     """Start an embedded Ray (dashboard off, files under the sweep folder) or join `address`."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")  # e.g. FID logged every N steps only
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # _run_config names the loggers it wants
     try:
         import ray
         import ray.tune  # noqa: F401
@@ -230,9 +231,14 @@ def _run_config(sweep: SweepConfig, sweep_dir: Path):
     # Only PBT trials report Tune checkpoints (copies of run checkpoints that others may clone). All
     # are kept: PBT's save of a function trainable registers its latest checkpoint a second time,
     # and pruning then deletes one folder twice, fails, and loses the checkpoint PBT clones from.
+    # Tune's CSV and JSON result loggers, named so that it adds no TensorBoard logger of its own (and
+    # prints no `tensorboard --logdir` hint for a TensorBoard that is not installed); see init_ray.
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
     return tune.RunConfig(name=EXPERIMENT, storage_path=str(sweep_dir), verbose=1,
                           failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
-                          checkpoint_config=tune.CheckpointConfig(num_to_keep=None))
+                          checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
+                          callbacks=[CSVLoggerCallback(), JsonLoggerCallback()])
 
 
 def sweep_command(config: str, overrides: list[str], address: str | None, resume: bool) -> int:

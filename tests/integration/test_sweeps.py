@@ -80,7 +80,8 @@ def recorded_status(sweep_dir: Path) -> dict[str, str]:
 
 def test_asha_sweep_writes_sorted_table_and_runnable_best_config(tmp_path):
     sweep = write_sweep(tmp_path, "asha", trials=1, scheduler={"name": "asha", "grace_period": 10},
-                        space={"model.routing_iters": {"grid": [1, 2, 3, 4]}})  # x1 sample = 4 trials
+                        space={"model.routing_iters": {"grid": [1, 2, 3, 4]}},  # x1 sample = 4 trials
+                        overrides=[*BASE, "tracking.backend=wandb"])  # offline (cli_env)
     t0 = time.monotonic()
     proc = run_capsgan("sweep", str(sweep), timeout=240)  # embedded Ray, the default
     wall = time.monotonic() - t0
@@ -88,6 +89,12 @@ def test_asha_sweep_writes_sorted_table_and_runnable_best_config(tmp_path):
     sweep_dir = tmp_path / "sweeps" / "asha"
     rows = table(sweep_dir)
     assert len(rows) == 4 and "sweep finished" in proc.stdout
+    # Trials that finish or that ASHA stops are normal outcomes: no traceback from W&B's exit or Ray's
+    # SIGTERM handler, and no hint to run a TensorBoard that is not installed.
+    out = proc.stdout + proc.stderr
+    for noise in ("Traceback", "ConnectionResetError", "SystemExit", "tensorboard --logdir", "wandb: "):
+        assert noise not in out, f"{noise!r} in the sweep's output:\n{out[-3000:]}"
+    assert all(list((Path(r["run_dir"]) / "wandb").glob("offline-run-*")) for r in rows)
     assert {r["status"] for r in rows} <= {"done", "stopped early"}
     # Sorted by the metric (lower is better), and the trials really ran different settings.
     gaps = [float(r["proxy_d_gap"]) for r in rows]

@@ -258,3 +258,21 @@ def test_report_renders_in_headless_chromium(report_html: Path, tmp_path: Path) 
 def test_report_of_a_missing_run_is_a_user_error(tmp_path: Path) -> None:
     proc = run_capsgan("report", str(tmp_path / "nope"), "--out", str(tmp_path / "r.html"), check=False, timeout=60)
     assert proc.returncode == 2 and "is not a run folder" in proc.stderr
+
+
+@pytest.mark.parametrize("console", [False, True])
+def test_wandb_keeps_to_the_closing_line_unless_its_console_is_asked_for(tmp_path: Path, console: bool) -> None:
+    run = tmp_path / "run"
+    env = _wandb_env(tmp_path, WANDB_MODE="offline")
+    env.pop("WANDB_SILENT")  # the harness's own hush would hide what a user sees
+    proc = run_capsgan("train", str(DEBUG_CONFIG), "train.steps=10", "train.progress=false", "tracking.backend=wandb",
+                       f"tracking.wandb_console={str(console).lower()}", f"train.run_dir={run}", env=env)
+    out = (proc.stdout + proc.stderr).splitlines()
+    (offline,) = _offline_runs(run)
+    wandb_lines = [ln for ln in out if ln.startswith("wandb:")]
+    if console:  # W&B's banner and history are back
+        assert len(wandb_lines) > 10 and any("wandb sync" in ln for ln in wandb_lines)
+        return
+    assert wandb_lines == [] and len(out) <= 3, out
+    assert out[-1] == (f"run finished: {run} (step 10); W&B offline run: upload with "
+                       f"`wandb sync {run.resolve() / 'wandb' / offline.name}`")
