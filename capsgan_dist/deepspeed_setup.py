@@ -21,6 +21,10 @@ fails on D's next backward and ZeRO-1 trains silently wrong (docs/distributed.md
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
+import warnings
 from typing import Any
 
 import torch
@@ -31,6 +35,16 @@ from capsgan_dist.config import Config
 from capsgan_dist.errors import ConfigError
 
 PLUGIN_KEYS = ("G", "D")
+
+
+def _quiet_deepspeed() -> None:
+    """On CPU, DeepSpeed's set-up speaks for every rank: torch's extension loader warns "No CUDA runtime
+    is found" when DeepSpeed imports it (at engine set-up, after this), and its ZeRO gathers call a torch
+    function that warns it is deprecated. None of it is news for a run; errors still show."""
+    if not torch.cuda.is_available():
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=r"`torch.distributed.all_gather_into_tensor` is deprecated",
+                            category=FutureWarning)
 
 
 class PluginAccelerator(Accelerator):
@@ -70,6 +84,7 @@ def _plugin(cfg: Config) -> DeepSpeedPlugin:
 
 def deepspeed_accelerators(cfg: Config) -> tuple[Accelerator, Accelerator]:
     """Two Accelerators sharing one process group, with one DeepSpeed engine each for G and D."""
+    _quiet_deepspeed()
     t = cfg.train
     kwargs: dict[str, Any] = {"mixed_precision": t.mixed_precision}
     if not torch.cuda.is_available():
@@ -78,6 +93,9 @@ def deepspeed_accelerators(cfg: Config) -> tuple[Accelerator, Accelerator]:
     plugins = {key: _plugin(cfg) for key in PLUGIN_KEYS}
     # The G step feeds G batch_real + batch_fake latents; the D step feeds D as many images.
     per_device = t.batch_real + t.batch_fake
-    acc_g = PluginAccelerator("G", per_device, deepspeed_plugins=plugins, **kwargs)
+    # DeepSpeed prints "deepspeed_shm_comm_op built successfully" per rank (a real first build's compiler
+    # output still shows, once).
+    with contextlib.redirect_stdout(io.StringIO()):
+        acc_g = PluginAccelerator("G", per_device, deepspeed_plugins=plugins, **kwargs)
     acc_d = PluginAccelerator("D", per_device, **kwargs)  # no plugins: shares acc_g's state
     return acc_g, acc_d

@@ -105,17 +105,17 @@ def setup(cfg: Config) -> Dist:
     if mp == "fp16" and not torch.cuda.is_available():  # Accelerate would silently train in fp32
         raise ConfigError("train.mixed_precision=fp16 needs a GPU (fp16 autocast with loss scaling); "
                           "on CPU use train.mixed_precision=bf16 or no")
+    cpu = not torch.cuda.is_available()
+    if cpu:
+        # Accelerate imports DeepSpeed whenever it is installed, and DeepSpeed's accelerator
+        # auto-detection then logs "Setting accelerator to CPU" in every process. Naming the
+        # accelerator it would pick anyway keeps a run's output ours.
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     if _deepspeed_requested():
         from capsgan_dist.deepspeed_setup import deepspeed_accelerators
 
         acc_g, acc_d = deepspeed_accelerators(cfg)
     else:
-        cpu = not torch.cuda.is_available()
-        if cpu:
-            # Accelerate's unwrap_model imports DeepSpeed whenever it is installed, and DeepSpeed's
-            # accelerator auto-detection then logs "Setting accelerator to CPU" on every CPU run.
-            # Naming the accelerator it would pick anyway keeps a run's output ours.
-            os.environ.setdefault("DS_ACCELERATOR", "cpu")
         acc_g = Accelerator(mixed_precision=mp, cpu=cpu)
         acc_d = Accelerator(mixed_precision=mp, cpu=cpu)  # shares acc_g's process state
     return Dist(acc_g, acc_d, threads_from)

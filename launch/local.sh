@@ -71,6 +71,7 @@ export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"  # this checkout's code, wh
 if [ -n "$CPU" ]; then
   NPROC="$CPU"
   export CUDA_VISIBLE_DEVICES=""  # CPU processes even on a GPU machine
+  export DS_ACCELERATOR="${DS_ACCELERATOR:-cpu}"  # else DeepSpeed logs "Setting accelerator to CPU" per process
   CORES="$(nproc 2>/dev/null || echo 1)"
   export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(( CORES / NPROC > 0 ? CORES / NPROC : 1 ))}"
 else
@@ -97,7 +98,7 @@ else
 fi
 
 SHOWN=(PYTHONPATH="$PYTHONPATH")
-[ -n "$CPU" ] && SHOWN+=(CUDA_VISIBLE_DEVICES= OMP_NUM_THREADS="$OMP_NUM_THREADS")
+[ -n "$CPU" ] && SHOWN+=(CUDA_VISIBLE_DEVICES= OMP_NUM_THREADS="$OMP_NUM_THREADS" DS_ACCELERATOR="$DS_ACCELERATOR")
 printf '+'; printf ' %q' "${SHOWN[@]}" "${CMD[@]}"; printf '\n'
 [ "$DRY" -eq 1 ] && exit 0
 
