@@ -89,7 +89,8 @@ def _classifier_train(args: argparse.Namespace) -> int:
         if args.arch != "capsnet":
             raise UserError(f"--routing {args.routing} needs --arch capsnet (LeNet has no capsules)")
         # em's capsules are 4x4 pose matrices: 16-D primary capsules (class capsules are 16-D already).
-        arch_kwargs = {"routing": args.routing, **({"primary_dim": 16} if args.routing == "em" else {})}
+        arch_kwargs = {"routing": args.routing,
+                       **({"primary_dim": 16, "em_schedule": args.em_schedule} if args.routing == "em" else {})}
     meta = train_classifier(Path(args.data), args.arch, Path(args.out), args.epochs, args.batch, args.lr,
                             args.seed, args.holdout, arch_kwargs, labels_per_class=args.labels_per_class,
                             split_seed=args.split_seed)
@@ -179,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     ct.add_argument("--arch", default="lenet", choices=["lenet", "capsnet"], help="classifier architecture")
     ct.add_argument("--routing", default="dynamic", choices=["dynamic", "em", "attention"],
                     help="CapsNet routing between primary and class capsules (model.routing; docs/design.md)")
+    ct.add_argument("--em-schedule", default="ramp", choices=["ramp", "authors"],
+                    help="with --routing em: its inverse temperatures and cost scale (model.em_schedule)")
     ct.add_argument("--out", required=True, help="output .safetensors (a .json goes beside it)")
     ct.add_argument("--epochs", type=float, default=5, help="passes over the training images (fractions allowed)")
     ct.add_argument("--batch", type=int, default=64, help="batch size")

@@ -27,8 +27,8 @@ DATASETS = ("synthetic", "mnist", "fashion_mnist", "cifar10", "idx")
 GENERATORS = ("dcgan", "capsule")
 DISCRIMINATORS = ("capsule", "dcgan", "conv")
 # Model keys added after checkpoints existed: left out of model_hash at their defaults (see there).
-LATER_MODEL_KEYS = {"g_init": "keras", "d_kernel": 3, "d_bias": True, "d_init": "torch", "d_base_width": 64,
-                    "d_batchnorm": True}
+LATER_MODEL_KEYS = {"em_schedule": "ramp", "g_init": "keras", "d_kernel": 3, "d_bias": True, "d_init": "torch",
+                    "d_base_width": 64, "d_batchnorm": True}
 # Keys that shape only the capsule generator: left out of model_hash for dcgan (see there).
 CAPSULE_G_KEYS = ("generator", "g_top_caps", "g_top_dim", "g_primary_channels", "g_primary_dim", "g_routing_iters")
 # Names the metric registry (capsgan_dist.metrics) may register; listed here so that validating a
@@ -128,6 +128,10 @@ class ModelConfig:
     routing: str = "dynamic"
     """Routing between primary and routed capsules: dynamic (Sabour et al. 2017) | em (matrix capsules,
     Hinton et al. 2018; needs primary_dim=16 and caps_dim=16) | attention (Efficient-CapsNet self-attention)."""
+    em_schedule: str = "ramp"
+    """em only: inverse temperatures and cost scale, ramp (this project's: lambda_t = (t + 1) / T, cost
+    relative to uniform routing) | authors (Hinton et al.'s code: lambda_t = 0.01 (1 - 0.95^(t + 1)),
+    cost x 100 / n_in); models/routing/em.py and docs/design.md."""
     routing_iters: int = 3
     """Routing iterations: dynamic-routing iterations (Sabour et al.: 3), EM iterations for em (Hinton
     et al.: 3); not used by attention, which routes in one pass."""
@@ -174,6 +178,7 @@ class ModelConfig:
                 "softmax over parents is always 1 and routing would be a no-op; use model.g_top_caps>=2 (default 10)"
             )
         _choice("model", "routing", self.routing, ROUTINGS)
+        _choice("model", "em_schedule", self.em_schedule, ("ramp", "authors"))
         _choice("model", "routing_grad", self.routing_grad, ("all", "last"))
         _positive("model", "routing_iters", self.routing_iters, 1, strict=False)
         if self.n_caps < 2:

@@ -47,7 +47,7 @@ def build_discriminator(cfg: Config) -> nn.Module:
     return CapsuleDiscriminator(d.image_size, d.channels, m.conv1_channels, m.conv1_kernel,
                                 m.primary_kernel, m.primary_channels, m.primary_dim, m.n_caps,
                                 m.caps_dim, m.routing_iters, m.routing_grad, m.dense, cfg.perf.routing,
-                                m.routing)
+                                m.routing, m.em_schedule)
 
 
 def count_params(model: nn.Module) -> int:

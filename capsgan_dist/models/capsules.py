@@ -81,13 +81,14 @@ class RoutedCaps(nn.Module):
 
 def capsule_layers(routing: str, in_channels: int, primary_channels: int, primary_dim: int,
                    primary_kernel: int, n_in: int, n_out: int, caps_dim: int, iterations: int = 3,
-                   grad: str = "all", impl: str = "fused") -> tuple[nn.Module, nn.Module]:
+                   grad: str = "all", impl: str = "fused", em_schedule: str = "ramp") -> tuple[nn.Module, nn.Module]:
     """(primary capsules, routed capsule layer) for `routing` = dynamic | em | attention.
 
     The routed layer maps the primary layer's output (B, n_in, .) to (B, n_out, layer.out_dim) and has
     `presence(out)` (B, n_out) and `pose(out)`. Vector kinds read presence as a capsule's length;
     `em` uses matrix capsules (4x4 pose + activation: primary_dim and caps_dim must be 16) and reads
-    the activation. `iterations`, `grad` and `impl` apply to the iterative kinds only (see each file).
+    the activation. `iterations`, `grad` and `impl` apply to the iterative kinds only (see each file);
+    `em_schedule` to em alone (models/routing/em.py).
     """
     if routing == "dynamic":
         return (PrimaryCaps(in_channels, primary_channels, primary_dim, primary_kernel),
@@ -99,7 +100,8 @@ def capsule_layers(routing: str, in_channels: int, primary_channels: int, primar
         if primary_dim != POSE or caps_dim != POSE:
             raise ValueError(f"routing 'em' uses 4x4 pose matrices: primary_dim and caps_dim must be {POSE}, "
                              f"got {primary_dim} and {caps_dim}")
-        return PrimaryMatrixCaps(in_channels, primary_channels, primary_kernel), EMCaps(n_in, n_out, iterations, grad)
+        return (PrimaryMatrixCaps(in_channels, primary_channels, primary_kernel),
+                EMCaps(n_in, n_out, iterations, grad, em_schedule))
     raise ValueError(f"unknown routing {routing!r}; choose dynamic, em or attention")
 
 

@@ -61,7 +61,7 @@ class CapsNet(nn.Module):
     def __init__(self, image_size: int = 28, channels: int = 1, n_classes: int = 10,
                  conv1_channels: int = 256, primary_channels: int = 32, primary_dim: int = 8,
                  caps_dim: int = 16, routing_iters: int = 3, recon_weight: float = 0.0005,
-                 routing: str = "dynamic"):
+                 routing: str = "dynamic", em_schedule: str = "ramp"):
         super().__init__()
         h = capsnet_grid(image_size)
         if h < 1:
@@ -70,7 +70,8 @@ class CapsNet(nn.Module):
         self.n_classes, self.caps_dim, self.recon_weight = n_classes, caps_dim, recon_weight
         self.conv1 = nn.Conv2d(channels, conv1_channels, 9)
         self.primary, self.caps = capsule_layers(routing, conv1_channels, primary_channels, primary_dim, 9,
-                                                 primary_channels * h * h, n_classes, caps_dim, routing_iters)
+                                                 primary_channels * h * h, n_classes, caps_dim, routing_iters,
+                                                 em_schedule=em_schedule)
         self.num_features = n_classes * self.caps.out_dim
         if routing != "em":
             # RoutedCaps' init suits the GAN discriminator's few inputs; with 1152 primary capsules it

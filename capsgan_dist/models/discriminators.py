@@ -23,7 +23,7 @@ class CapsuleDiscriminator(nn.Module):
                  conv1_kernel: int = 9, primary_kernel: int = 7, primary_channels: int = 32,
                  primary_dim: int = 8, n_caps: int = 10, caps_dim: int = 16, routing_iters: int = 3,
                  routing_grad: str = "all", dense: int = 64, routing_impl: str = "fused",
-                 routing: str = "dynamic"):
+                 routing: str = "dynamic", em_schedule: str = "ramp"):
         super().__init__()
         h2 = primary_grid(image_size, conv1_kernel, primary_kernel)  # Config checks this first
         if h2 < 1:
@@ -35,7 +35,7 @@ class CapsuleDiscriminator(nn.Module):
         self.n_in = primary_channels * h2 * h2
         self.primary, self.caps = capsule_layers(routing, conv1_channels, primary_channels, primary_dim,
                                                  primary_kernel, self.n_in, n_caps, caps_dim, routing_iters,
-                                                 routing_grad, routing_impl)
+                                                 routing_grad, routing_impl, em_schedule)
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(n_caps * self.caps.out_dim, dense),
                                   nn.LeakyReLU(0.2), nn.Linear(dense, 1))
 

@@ -80,16 +80,17 @@ def ref_dynamic(u_hat: torch.Tensor, iterations: int) -> torch.Tensor:
 
 
 def ref_em(votes: torch.Tensor, a_in: torch.Tensor, beta_u: torch.Tensor, beta_a: torch.Tensor,
-           iterations: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Hinton et al. 2018, Procedure 1 (M-step, E-step), with lambda_t = (t+1)/T and the cost scaled by n_out/n_in."""
+           iterations: int, schedule: str = "ramp") -> tuple[torch.Tensor, torch.Tensor]:
+    """Hinton et al. 2018, Procedure 1 (M-step, E-step). ramp: lambda_t = (t+1)/T and the cost scaled by
+    n_out/n_in; authors (their code): lambda_t = 0.01 (1 - 0.95^(t+1)) and the cost scaled by 100/n_in."""
     B, n_in, n_out, H = votes.shape
     V, A, bu, ba = votes.tolist(), a_in.tolist(), beta_u.tolist(), beta_a.tolist()
-    kappa = n_out / n_in
+    kappa = 100 / n_in if schedule == "authors" else n_out / n_in
     mus, acts = [], []
     for b in range(B):
         R = [[1.0 / n_out] * n_out for _ in range(n_in)]
         for t in range(iterations):
-            lam = (t + 1) / iterations
+            lam = 0.01 * (1 - 0.95 ** (t + 1)) if schedule == "authors" else (t + 1) / iterations
             # M-step, for each output capsule j
             mu, sig2, a = [], [], []
             for j in range(n_out):
@@ -188,11 +189,14 @@ def test_dynamic_plain_and_fused_match_reference_to_1e9(iterations):
 
 @pytest.mark.parametrize("iterations", [1, 2, 3, 4])
 @pytest.mark.parametrize("shape", [(2, 6, 3), (1, 9, 2), (3, 4, 5)])
-def test_em_matches_reference_to_1e9(shape, iterations):
+@pytest.mark.parametrize("schedule", ["ramp", "authors"])
+def test_em_matches_reference_to_1e9(shape, iterations, schedule):
     votes, a_in, beta_u, beta_a = _em_inputs(*shape, seed=10 * iterations + shape[1])
-    mu, a = em_routing(votes, a_in, beta_u, beta_a, iterations)
-    mu_ref, a_ref = ref_em(votes, a_in, beta_u, beta_a, iterations)
+    mu, a = em_routing(votes, a_in, beta_u, beta_a, iterations, schedule=schedule)
+    mu_ref, a_ref = ref_em(votes, a_in, beta_u, beta_a, iterations, schedule)
     assert rel(mu, mu_ref) < TIGHT and rel(a, a_ref) < TIGHT
+    if schedule == "authors":  # the two conventions give other activations
+        assert rel(a, em_routing(votes, a_in, beta_u, beta_a, iterations)[1]) > 1e-3
 
 
 def test_em_activations_not_saturated_in_the_reference_check():
@@ -335,6 +339,16 @@ def test_em_inverse_temperature_ramps_to_one():
 
     assert inverse_temperatures(1) == [1.0]
     assert inverse_temperatures(4) == [0.25, 0.5, 0.75, 1.0]
+    # The authors' schedule: 0.01 (1 - 0.95^(t + 1)), rising towards 0.01.
+    assert inverse_temperatures(3, "authors") == pytest.approx([0.01 * 0.05, 0.01 * 0.0975, 0.01 * 0.142625])
+
+
+def test_em_schedule_reaches_the_discriminator_and_the_classifier():
+    cfg = load_config(None, ["model.routing=em", "model.primary_dim=16", "model.em_schedule=authors"])
+    assert build_discriminator(cfg).caps.schedule == "authors"
+    assert CapsNet(routing="em", primary_dim=16, em_schedule="authors").caps.schedule == "authors"
+    with pytest.raises(ConfigError, match="model.em_schedule"):
+        load_config(None, ["model.em_schedule=fast"])
 
 
 @pytest.mark.parametrize("cls, args", [(EMCaps, (8, 1)), (AttentionCaps, (8, 4, 1, 4))])

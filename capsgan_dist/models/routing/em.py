@@ -5,8 +5,12 @@ vector of 17 numbers, the 16 pose entries (row-major) then the activation. A cap
 capsule j with V_ij = M_i W_ij (W_ij a learned 4x4 transform) and the layer above fits one Gaussian
 per output capsule to the votes by EM (Procedure 1 of the paper); docs/design.md writes the steps
 out. Two choices the paper leaves open are stated there too: the inverse-temperature schedule
-(lambda_t = (t + 1) / T, a linear ramp to 1) and the scale of the cost (the assigned data of
-capsule j counted relative to what uniform routing gives it, kappa = n_out / n_in).
+and the scale of the cost. Two conventions for them (`schedule`):
+
+- "ramp" (this project's reading, the default): lambda_t = (t + 1) / T, a linear ramp to 1, and the
+  assigned data of capsule j counted relative to what uniform routing gives it, kappa = n_out / n_in.
+- "authors" (the authors' code, google-research's capsule_em): lambda_t = 0.01 (1 - 0.95^(t + 1)),
+  and the cost scaled by 100 / (children per parent), i.e. kappa = 100 / n_in in a fully connected layer.
 """
 
 from __future__ import annotations
@@ -18,33 +22,47 @@ import torch.nn.functional as F
 from torch import nn
 
 POSE = 16  # a 4x4 pose matrix, flattened
+SCHEDULES = ("ramp", "authors")  # model.em_schedule; see the module docstring
+AUTHORS_FINAL_LAMBDA = 0.01  # the authors' final inverse temperature
+AUTHORS_COST_SCALE = 100.0  # the authors' cost scale, divided by the children of each parent
 VAR_EPS = 1e-6  # added to sigma^2: one vote (or identical votes) would give log(0)
 MASS_EPS = 1e-8  # added to sum_i R_ij: a capsule that gets no data would divide by zero
 
 
-def inverse_temperatures(iterations: int) -> list[float]:
-    """lambda_t of EM iteration t = 0..T-1: a fixed linear ramp (t + 1) / T, so the last M-step uses 1."""
+def inverse_temperatures(iterations: int, schedule: str = "ramp") -> list[float]:
+    """lambda_t of EM iteration t = 0..T-1: ramp (t + 1) / T (the last M-step uses 1), or the authors'
+    0.01 (1 - 0.95^(t + 1))."""
+    if schedule == "authors":
+        return [AUTHORS_FINAL_LAMBDA * (1 - 0.95 ** (t + 1)) for t in range(iterations)]
     return [(t + 1) / iterations for t in range(iterations)]
 
 
+def cost_scale(n_in: int, n_out: int, schedule: str = "ramp") -> float:
+    """kappa, the factor on an output capsule's assigned data in its cost: n_out / n_in, or the authors' 100 / n_in."""
+    return AUTHORS_COST_SCALE / n_in if schedule == "authors" else n_out / n_in
+
+
 def em_routing(votes: torch.Tensor, a_in: torch.Tensor, beta_u: torch.Tensor, beta_a: torch.Tensor,
-               iterations: int, grad: str = "all") -> tuple[torch.Tensor, torch.Tensor]:
+               iterations: int, grad: str = "all", schedule: str = "ramp") -> tuple[torch.Tensor, torch.Tensor]:
     """Pose means mu (B, n_out, P) and activations a (B, n_out) of votes (B, n_in, n_out, P), a_in (B, n_in).
 
     Procedure 1 of Hinton et al. 2018: R_ij = 1/n_out; then `iterations` times an M-step (weighted
     Gaussian fit per output capsule, its cost and activation) followed by an E-step (R_ij from each
     capsule's likelihood of the vote), the last E-step left out since nothing reads it.
     beta_u, beta_a: (n_out,) learned per output capsule. grad="last" holds R fixed (detached) in the
-    last M-step, as dynamic routing's "last" detaches the earlier iterations.
+    last M-step, as dynamic routing's "last" detaches the earlier iterations. `schedule` picks the
+    inverse temperatures and the cost scale (module docstring).
     """
     if iterations < 1:
         raise ValueError(f"routing iterations must be >= 1, got {iterations}")
     if grad not in ("all", "last"):
         raise ValueError(f"grad must be 'all' or 'last', got {grad!r}")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
     B, n_in, n_out, P = votes.shape
-    kappa = n_out / n_in  # sum_i R_ij a_i is ~n_in/n_out under uniform routing: count it relative to that
+    kappa = cost_scale(n_in, n_out, schedule)  # ramp: sum_i R_ij a_i relative to uniform routing's n_in/n_out
     R = votes.new_full((B, n_in, n_out), 1.0 / n_out)
-    for t, lam in enumerate(inverse_temperatures(iterations)):
+    for t, lam in enumerate(inverse_temperatures(iterations, schedule)):
         if grad == "last" and t == iterations - 1:
             R = R.detach()
         # M-step
@@ -86,12 +104,14 @@ class EMCaps(nn.Module):
 
     out_dim = POSE + 1
 
-    def __init__(self, n_in: int, n_out: int, iterations: int = 3, grad: str = "all"):
+    def __init__(self, n_in: int, n_out: int, iterations: int = 3, grad: str = "all", schedule: str = "ramp"):
         super().__init__()
         if n_out < 2:
             raise ValueError(f"EMCaps needs at least 2 output capsules (got {n_out}): the E-step "
                              "normalises over output capsules, so with one R_ij is always 1")
-        self.iterations, self.grad = iterations, grad
+        if schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+        self.iterations, self.grad, self.schedule = iterations, grad, schedule
         # The cost compares log sigma with beta_u (0 at init): votes of rms ~0.4 (std 1 here, poses of
         # rms ~0.2 at init on MNIST) make every capsule look cheap and saturate a_j at 1 (a(1 - a) ~ 1e-4,
         # measured); std 3 gives votes of rms ~1.3 and initial activations of 0.6-0.95 (docs/design.md).
@@ -112,7 +132,7 @@ class EMCaps(nn.Module):
         # The Gaussian statistics (variances, logs, the softmax) stay fp32 under bf16 autocast.
         with torch.autocast(x.device.type, enabled=False):
             mu, a = em_routing(V.to(acc), x[..., POSE].to(acc), self.beta_u.to(acc), self.beta_a.to(acc),
-                               self.iterations, self.grad)
+                               self.iterations, self.grad, self.schedule)
         return torch.cat([mu, a.unsqueeze(-1)], dim=-1)  # (B, n_out, 17)
 
     @staticmethod
@@ -126,4 +146,4 @@ class EMCaps(nn.Module):
         return out[..., :POSE]
 
 
-__all__ = ["POSE", "em_routing", "inverse_temperatures", "PrimaryMatrixCaps", "EMCaps"]
+__all__ = ["POSE", "SCHEDULES", "em_routing", "inverse_temperatures", "cost_scale", "PrimaryMatrixCaps", "EMCaps"]
