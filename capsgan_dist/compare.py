@@ -27,7 +27,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from capsgan_dist import checkpoint, compare_points, plots
-from capsgan_dist.config import ROUTINGS, Config, load_config
+from capsgan_dist.config import ROUTINGS, Config, ModelConfig, load_config
 from capsgan_dist.errors import ConfigError, UserError
 
 TABLE_METRICS = ("fid", "kid", "is", "precision", "recall")
@@ -227,6 +227,19 @@ def cpu_curve(run_dir: Path) -> dict[int, float]:
             if "cpu_s" in r}
 
 
+def d_label(m: ModelConfig) -> str:
+    """Which discriminator a row used, for the tables: the kind, and any ablation knob off its default."""
+    if m.discriminator == "capsule":
+        return f"capsule ({m.routing})" if m.routing != "dynamic" else "capsule"
+    if m.discriminator == "dcgan":
+        return "dcgan (Radford et al.)" + ("" if m.d_batchnorm else ", no batch norm")
+    knobs = [f"{k}={getattr(m, k)}" for k, default in (("d_kernel", 3), ("d_bias", True), ("d_init", "torch"))
+             if getattr(m, k) != default]
+    if list(m.d_widths) != [64, 128, 256, 512]:
+        knobs.append("d_widths=" + "-".join(map(str, m.d_widths)))
+    return "conv (paper's reading)" + "".join(f", {k}" for k in knobs)
+
+
 def _mean_std(xs: list[float]) -> tuple[float, float]:
     return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
 
@@ -260,7 +273,8 @@ def aggregate(cc: CompareConfig) -> dict:
                 wall.append(json.loads(p.read_text())["wall_s"])
         finals = [curves[s][max(curves[s])] for s in cc.seeds if curves[s]]
         last_fid = [f["fid"] for f in finals if "fid" in f]
-        out["variants"][v.name] = {"groups": [v.group], "rows": rows, "wall_s_seeds": wall,
+        model = _train_config(cc, v.overrides, cc.seeds[0], Path(".")).model
+        out["variants"][v.name] = {"groups": [v.group], "d": d_label(model), "rows": rows, "wall_s_seeds": wall,
                                    "learned": sum(f < cc.learned_fid for f in last_fid), "n_seeds": len(last_fid)}
     return out
 
@@ -276,18 +290,20 @@ def _fmt(row: dict, m: str) -> str:
 
 def table(agg: dict, group: str = "models") -> str:
     """Markdown table: every evaluated step of every variant in `group`, mean ± std over seeds."""
-    lines = ["| model | step | " + " | ".join(TABLE_METRICS) + " |", "|---|---:|" + "---:|" * len(TABLE_METRICS)]
+    lines = ["| model | D | step | " + " | ".join(TABLE_METRICS) + " |",
+             "|---|---|---:|" + "---:|" * len(TABLE_METRICS)]
     for name, v in agg["variants"].items():
         if group in v["groups"]:
             for row in v["rows"]:
-                lines.append(f"| {name} | {row['step']} | " + " | ".join(_fmt(row, m) for m in TABLE_METRICS) + " |")
+                lines.append(f"| {name} | {v.get('d', '-')} | {row['step']} | "
+                             + " | ".join(_fmt(row, m) for m in TABLE_METRICS) + " |")
     return "\n".join(lines) + "\n"
 
 
 def points_table(agg: dict, cc: CompareConfig) -> str:
     """Markdown: the comparison points side by side, mean ± std and every seed's FID, plus CPU time."""
-    lines = ["| model | step | " + " | ".join(TABLE_METRICS) + " | FID per seed | CPU s (mean) | learned |",
-             "|---|---:|" + "---:|" * len(TABLE_METRICS) + "---|---:|---:|"]
+    lines = ["| model | D | step | " + " | ".join(TABLE_METRICS) + " | FID per seed | CPU s (mean) | learned |",
+             "|---|---|---:|" + "---:|" * len(TABLE_METRICS) + "---|---:|---:|"]
     for name, steps in cc.points.items():
         v = agg["variants"].get(name, {"rows": [], "learned": 0, "n_seeds": 0})
         by_step = {r["step"]: r for r in v["rows"]}
@@ -295,11 +311,11 @@ def points_table(agg: dict, cc: CompareConfig) -> str:
             r = by_step.get(st)
             if r is None:
                 dashes = " | ".join("-" for _ in TABLE_METRICS)
-                lines.append(f"| {name} | {st} | {dashes} | not reached | - | - |")
+                lines.append(f"| {name} | {v.get('d', '-')} | {st} | {dashes} | not reached | - | - |")
                 continue
             seeds = ", ".join(f"{x:.0f}" for x in r.get("fid_seeds", []))
             cpu = f"{r['cpu_s']:.0f}" if "cpu_s" in r else "-"
-            lines.append(f"| {name} | {st} | " + " | ".join(_fmt(r, m) for m in TABLE_METRICS)
+            lines.append(f"| {name} | {v.get('d', '-')} | {st} | " + " | ".join(_fmt(r, m) for m in TABLE_METRICS)
                          + f" | {seeds} | {cpu} | {v['learned']}/{v['n_seeds']} |")
     return "\n".join(lines) + "\n"
 

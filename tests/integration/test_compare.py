@@ -51,7 +51,8 @@ def test_compare_trains_both_models_over_seeds_and_reports(tmp_path: Path, mnist
     # seeds differ, so do their FIDs; the table holds mean ± std
     assert v["dcgan"]["rows"][-1]["fid_sd"] > 0
     table = (out / "table.md").read_text()
-    assert "| capsgan | 20 |" in table and "| dcgan | 10 |" in table and "Routing iterations" in table
+    assert "| capsgan | capsule | 20 |" in table and "| dcgan | conv (paper's reading), d_widths=8-16-32-32 | 10 |" \
+        in table and "Routing iterations" in table  # each row names its discriminator
     for f in ("fid.png", "ablation.png", "grid_step_0000010.png", "grid_step_0000020.png"):
         assert (out / f).stat().st_size > 1000, f
 

@@ -101,7 +101,7 @@ def test_report_has_a_routing_kinds_table_and_plot(tmp_path: Path):
     assert agg["variants"]["capsgan_attention"]["groups"] == ["routing"]
     assert agg["variants"]["capsgan_attention"]["rows"][1]["fid"] == pytest.approx(100.0 - 2 + 1 + 0.5)
     table = (tmp_path / "out" / "table.md").read_text()
-    assert "## Routing kinds (capsgan)" in table and "| capsgan_attention | 20 |" in table
+    assert "## Routing kinds (capsgan)" in table and "| capsgan_attention | capsule (attention) | 20 |" in table
     assert (tmp_path / "out" / "routing.png").stat().st_size > 1000
 
 
@@ -136,5 +136,20 @@ def test_a_one_seed_table_shows_values_without_a_spread():
     one = {"step": 10, "fid": 12.345, "fid_sd": 0.0, "fid_seeds": [12.345]}
     two = {"step": 10, "fid": 12.0, "fid_sd": 1.5, "fid_seeds": [11.0, 13.0]}
     text = table({"variants": {"a": {"groups": ["models"], "rows": [one]}, "b": {"groups": ["models"], "rows": [two]}}})
-    assert "| a | 10 | 12.35 |" in text and "± 0.00" not in text
-    assert "| b | 10 | 12.00 ± 1.50 |" in text
+    assert "| a | - | 10 | 12.35 |" in text and "± 0.00" not in text
+    assert "| b | - | 10 | 12.00 ± 1.50 |" in text
+
+
+def test_each_row_names_its_discriminator():
+    from capsgan_dist.compare import d_label
+    from capsgan_dist.config import load_config
+
+    def label(*ovs: str) -> str:
+        return d_label(load_config(None, list(ovs)).model)
+
+    assert label() == "capsule" and label("model.routing=attention") == "capsule (attention)"
+    assert label("model.discriminator=dcgan") == "dcgan (Radford et al.)"
+    assert label("model.discriminator=dcgan", "model.d_batchnorm=false") == "dcgan (Radford et al.), no batch norm"
+    assert label("model.discriminator=conv") == "conv (paper's reading)"
+    assert label("model.discriminator=conv", "model.d_kernel=4", "model.d_widths=[64,128,256]") == \
+        "conv (paper's reading), d_kernel=4, d_widths=64-128-256"
