@@ -23,7 +23,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationE
 from capsgan_dist.errors import ConfigError
 from capsgan_dist.shapes import min_capsule_image, primary_grid
 
-DATASETS = ("synthetic", "mnist", "fashion_mnist", "cifar10", "idx")
+DATASETS = ("synthetic", "mnist", "fashion_mnist", "cifar10", "idx", "folder")
 GENERATORS = ("dcgan", "capsule")
 DISCRIMINATORS = ("capsule", "dcgan", "conv")
 # Model keys added after checkpoints existed: left out of model_hash at their defaults (see there).
@@ -58,9 +58,16 @@ def _positive(section: str, name: str, value: float, minimum: float = 0.0, stric
 @dataclass(frozen=True)
 class DataConfig:
     name: str = "synthetic"
-    """Dataset: synthetic | mnist | fashion_mnist | cifar10 | idx (a folder of IDX .gz files)."""
+    """Dataset: synthetic | mnist | fashion_mnist | cifar10 | idx (a folder of IDX .gz files) | folder (your
+    own PNG/JPEG/WebP/BMP/GIF images under data.root, converted by one rule: docs/data.md)."""
     root: Optional[str] = None
-    """Folder holding the data (torchvision root, or the IDX folder for `idx`)."""
+    """Folder holding the data (torchvision root, the IDX folder for `idx`, the image folder for `folder`)."""
+    labels: str = "none"
+    """folder: none (unlabeled) | subfolders (an image's class is its first-level folder under data.root)."""
+    background: str = "white"
+    """folder: colour that transparent pixels are composited on: white | black | #rrggbb."""
+    upscale: bool = False
+    """folder: accept images whose shorter side is below half of data.image_size (they are enlarged)."""
     split: str = "auto"
     """train | test | auto (train if present, else test; MNIST here has only the test images)."""
     image_size: int = 28
@@ -95,6 +102,11 @@ class DataConfig:
         _positive("data", "test_size", self.test_size, 1, strict=False)
         if self.name == "idx" and not self.root:
             raise ConfigError("data.name=idx needs data.root=<folder with *-images-idx3-ubyte.gz>")
+        if self.name == "folder" and not self.root:
+            raise ConfigError("data.name=folder needs data.root=<folder of images (PNG, JPEG, WebP, BMP, GIF)>")
+        _choice("data", "labels", self.labels, ("none", "subfolders"))
+        if not re.fullmatch(r"white|black|#[0-9a-fA-F]{6}", self.background):
+            raise ConfigError(f"data.background={self.background!r}: use white, black or #rrggbb")
 
 
 @dataclass(frozen=True)
@@ -528,6 +540,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     for ov in overrides:
         if "=" not in ov:
             raise ConfigError(f"override '{ov}' must look like key=value, e.g. optim.lr_d=1e-4")
+        key, _, value = ov.partition("=")
+        if value.startswith("#"):  # YAML would read a bare #rrggbb as a comment, i.e. no value
+            ov = f'{key}="{value}"'
         try:
             layers.append((OmegaConf.from_dotlist([ov]), f"override '{ov}'"))
         except OmegaConfBaseException as e:

@@ -20,4 +20,10 @@ fi
 .venv/bin/pip install -q torch==2.14.1 torchvision==0.29.1
 .venv/bin/pip install -q -e ".[deepspeed,tune,metrics,report,dev]"
 .venv/bin/python -c "import torch, torchvision, accelerate; print('installed: torch', torch.__version__, 'accelerate', accelerate.__version__)"
+# Real colour images for the folder-source test and the Twemoji presets (optional: that test skips without them).
+if command -v npm >/dev/null; then
+  bash scripts/get_twemoji.sh data/twemoji64 || echo "Twemoji not fetched (npm registry unreachable?): its test will skip"
+else
+  echo "npm not found: Twemoji not fetched (make data-twemoji); its test will skip"
+fi
 echo "run \`source .venv/bin/activate\` to put capsgan on PATH (or call .venv/bin/capsgan)"
