@@ -110,6 +110,21 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_prepare(args: argparse.Namespace) -> int:
+    from capsgan_dist.config import load_config
+    from capsgan_dist.data.cache import CACHED_SOURCES, prepare, uses_cache
+
+    cfg = load_config(args.config, args.overrides).data
+    if not uses_cache(cfg):
+        raise UserError(f"data.name={cfg.name}{' with data.cache=false' if not cfg.cache else ''} has no prepared "
+                        f"cache: only {' and '.join(CACHED_SOURCES)} sources are prepared (data.cache=true)")
+    cache = prepare(cfg, force=args.force)
+    m = cache.manifest
+    print(f"cache ready: {cache.path} ({m['count']} images, {'x'.join(map(str, m['shape'][1:]))}"
+          f"{', classes ' + ', '.join(m['classes']) if m.get('classes') else ''})")
+    return 0
+
+
 def _compare(args: argparse.Namespace) -> int:
     from capsgan_dist.compare import compare, load_compare_config
 
@@ -201,6 +216,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--all", action="store_true", help="every checkpoint, not only the newest")
     e.set_defaults(fn=_eval)
 
+    d = sub.add_parser("data", help="prepare a data source once into the cache that training memory-maps")
+    dsub = d.add_subparsers(dest="action", required=True, parser_class=_subparser)
+    dp = dsub.add_parser("prepare", help="decode CONFIG's data (folder or idx) into its cache; no-op if valid")
+    dp.add_argument("config", help="YAML config, e.g. configs/twemoji64_capsgan.yaml")
+    dp.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.root=path/to/images")
+    dp.add_argument("--force", action="store_true", help="prepare again even if the cache is valid")
+    dp.set_defaults(fn=_data_prepare)
+
     m = sub.add_parser("compare", help="CapsuleGAN vs DCGAN over seeds: table, FID curves, sample grids")
     m.add_argument("config", help="compare YAML, e.g. configs/compare_mnist.yaml")
     m.add_argument("overrides", nargs="*", help="overrides, e.g. seeds=[0,1] steps=1000")
@@ -229,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:
-        takes_overrides = getattr(args, "command", None) in ("train", "sweep", "compare")
+        takes_overrides = getattr(args, "command", None) in ("train", "sweep", "compare", "data")
         if takes_overrides and all("=" in e or not e.startswith("-") for e in extra):
             args.overrides = list(args.overrides) + extra
         else:

@@ -68,6 +68,11 @@ class DataConfig:
     """folder: colour that transparent pixels are composited on: white | black | #rrggbb."""
     upscale: bool = False
     """folder: accept images whose shorter side is below half of data.image_size (they are enlarged)."""
+    cache: bool = True
+    """folder and idx: train from a prepared uint8 array file that every rank memory-maps (data/cache.py),
+    decoded once and prepared again when the source changes; false reads the source into memory each run."""
+    cache_dir: str = "data/cache"
+    """Where prepared caches live (one folder per source and conversion settings)."""
     split: str = "auto"
     """train | test | auto (train if present, else test; MNIST here has only the test images)."""
     image_size: int = 28

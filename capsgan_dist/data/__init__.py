@@ -51,7 +51,11 @@ def load_images(cfg: DataConfig, seed: int = 1234) -> torch.Tensor:
     """The configured dataset as uint8 (N, C, H, W), checked against the model's size and channels."""
     if cfg.name == "synthetic":
         return synthetic_images(cfg.synthetic_size, cfg.image_size, cfg.channels, seed)
-    if cfg.name == "idx":
+    from capsgan_dist.data.cache import cached_images, uses_cache  # imports this package
+
+    if uses_cache(cfg):  # folder, idx: decoded once, memory-mapped by every rank
+        images = cached_images(cfg)
+    elif cfg.name == "idx":
         images = read_idx_images(idx_file(Path(cfg.root), cfg.split))
     elif cfg.name == "folder":
         images = load_folder(cfg)

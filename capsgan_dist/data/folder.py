@@ -17,6 +17,7 @@ data.upscale=true. With data.labels=subfolders an image's class is its first-lev
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,7 +83,8 @@ class FolderImages:
     files: list[Path]
 
 
-def _check_root(cfg: DataConfig) -> tuple[Path, list[Path]]:
+def check_root(cfg: DataConfig) -> tuple[Path, list[Path]]:
+    """data.root and its image files in order; a root that is missing, a file or empty is one DataError."""
     root = Path(cfg.root or "")
     if not root.exists():
         raise DataError(f"data.root {root} does not exist; point it at a folder of images (PNG, JPEG, WebP, "
@@ -108,11 +110,23 @@ def _sizes(files: list[Path]) -> tuple[dict[Path, tuple[int, int]], list[Path]]:
     return sizes, bad
 
 
-def read_folder(cfg: DataConfig) -> FolderImages:
-    """Every image under data.root by the module's rule; labels from first-level folders if data.labels=subfolders."""
-    root, files = _check_root(cfg)
-    labelled = cfg.labels == "subfolders"
-    if labelled:
+@dataclass(frozen=True)
+class FolderScan:
+    """A folder checked before any decoding: its image files in order, their sizes, and unreadable headers."""
+
+    root: Path
+    files: list[Path]
+    sizes: dict[Path, tuple[int, int]]
+    bad_headers: list[Path]
+
+    def class_of(self, f: Path) -> str:
+        return f.relative_to(self.root).parts[0]
+
+
+def scan_folder(cfg: DataConfig) -> FolderScan:
+    """List data.root's images and read their headers; refuse a bad folder (one DataError) before decoding."""
+    root, files = check_root(cfg)
+    if cfg.labels == "subfolders":
         loose = [f for f in files if f.parent == root]
         if loose:
             raise DataError(f"data.labels=subfolders: {len(loose)} image(s) sit directly in {root}, outside any "
@@ -123,30 +137,57 @@ def read_folder(cfg: DataConfig) -> FolderImages:
         raise DataError(f"{len(small)} image(s) under {root} are smaller than half of data.image_size="
                         f"{cfg.image_size} ({_first(small, root)}); set data.upscale=true to enlarge them, "
                         "or use a smaller data.image_size")
+    return FolderScan(root, files, sizes, bad)
+
+
+def decode_folder(scan: FolderScan, cfg: DataConfig) -> Iterator[tuple[Path, np.ndarray | None]]:
+    """(file, uint8 (C, S, S)) for each file of the scan in order; None for one that does not decode."""
     background = background_rgb(cfg.background)
-    arrays, kept = [], []
-    for f in files:
-        if f not in sizes:
+    for f in scan.files:
+        if f not in scan.sizes:
+            yield f, None
             continue
         try:
             with Image.open(f) as im:
                 im.seek(0)  # a GIF's (or WebP's) first frame
                 im.load()
-                arrays.append(convert(im, cfg.image_size, cfg.channels, background))
-            kept.append(f)
+                yield f, convert(im, cfg.image_size, cfg.channels, background)
         except _DECODE_ERRORS:
-            bad.append(f)
-    if bad:
-        bad.sort(key=lambda p: p.relative_to(root).as_posix())
-        warn(f"skipped {len(bad)} of {len(files)} image files under {root} that do not decode ({_first(bad, root)})")
-    if not arrays:
-        raise DataError(f"none of the {len(files)} image files under {root} decodes; check the files")
-    images = torch.from_numpy(np.stack(arrays))
-    if not labelled:
-        return FolderImages(images, None, [], kept)
-    classes = sorted({f.relative_to(root).parts[0] for f in kept})
+            yield f, None
+
+
+def warn_skipped(scan: FolderScan, skipped: list[Path]) -> None:
+    """The one warning about files that did not decode (nothing if none)."""
+    if skipped:
+        skipped = sorted(skipped, key=lambda p: p.relative_to(scan.root).as_posix())
+        warn(f"skipped {len(skipped)} of {len(scan.files)} image files under {scan.root} that do not decode "
+             f"({_first(skipped, scan.root)})")
+
+
+def class_labels(scan: FolderScan, kept: list[Path]) -> tuple[torch.Tensor, list[str]]:
+    """Class index of each kept file (its first-level folder, classes in sorted order) and the class names."""
+    classes = sorted({scan.class_of(f) for f in kept})
     index = {c: i for i, c in enumerate(classes)}
-    labels = torch.tensor([index[f.relative_to(root).parts[0]] for f in kept], dtype=torch.long)
+    return torch.tensor([index[scan.class_of(f)] for f in kept], dtype=torch.long), classes
+
+
+def read_folder(cfg: DataConfig) -> FolderImages:
+    """Every image under data.root by the module's rule, in memory; labels from first-level folders if asked."""
+    scan = scan_folder(cfg)
+    arrays, kept, skipped = [], [], []
+    for f, arr in decode_folder(scan, cfg):
+        if arr is None:
+            skipped.append(f)
+        else:
+            arrays.append(arr)
+            kept.append(f)
+    warn_skipped(scan, skipped)
+    if not arrays:
+        raise DataError(f"none of the {len(scan.files)} image files under {scan.root} decodes; check the files")
+    images = torch.from_numpy(np.stack(arrays))
+    if cfg.labels != "subfolders":
+        return FolderImages(images, None, [], kept)
+    labels, classes = class_labels(scan, kept)
     return FolderImages(images, labels, classes, kept)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,18 +13,43 @@ from PIL import Image
 QUIET = ["train.progress=false", "tracking.backend=local", "train.sample_every=1000", "tracking.grid_every=1000"]
 
 
-def test_training_on_a_folder_of_colour_images(tmp_path: Path):
+def _images(root: Path, n: int = 40) -> Path:
     rng = np.random.default_rng(0)
-    for i in range(40):  # RGBA and RGB, two subfolders, 40x40 -> 28x28
-        (tmp_path / "imgs" / f"c{i % 2}").mkdir(parents=True, exist_ok=True)
+    for i in range(n):  # RGBA and RGB, two subfolders, 40x40 -> 28x28
+        (root / f"c{i % 2}").mkdir(parents=True, exist_ok=True)
         mode = "RGBA" if i % 2 else "RGB"
         Image.fromarray(rng.integers(0, 255, (40, 40, len(mode)), dtype=np.uint8), mode).save(
-            tmp_path / "imgs" / f"c{i % 2}" / f"{i}.png")
+            root / f"c{i % 2}" / f"{i}.png")
+    return root
+
+
+def _folder_args(tmp_path: Path) -> list[str]:
+    return [str(DEBUG_CONFIG), "data.name=folder", f"data.root={tmp_path / 'imgs'}", "data.channels=3",
+            f"data.cache_dir={tmp_path / 'cache'}", *QUIET]
+
+
+def test_two_processes_train_from_one_prepared_memory_mapped_cache(tmp_path: Path):
+    _images(tmp_path / "imgs")
     run = tmp_path / "run"
-    proc = run_capsgan("train", str(DEBUG_CONFIG), "data.name=folder", f"data.root={tmp_path / 'imgs'}",
-                       "data.channels=3", "train.steps=5", f"train.run_dir={run}", *QUIET)
+    proc = run_capsgan("train", *_folder_args(tmp_path), "train.steps=5", f"train.run_dir={run}", nproc=2)
     assert f"run finished: {run} (step 5)" in proc.stdout
-    assert (run / "checkpoints" / "step_0000005").is_dir()
+    assert json.loads((run / "environment.json").read_text())["world_size"] == 2
+    assert proc.stderr.count("capsgan: prepared 40 images") == 1  # one rank prepared, the other waited
+    assert len([p for p in (tmp_path / "cache").iterdir() if p.is_dir()]) == 1
+    again = run_capsgan("train", *_folder_args(tmp_path), "train.steps=2", f"train.run_dir={tmp_path / 'r2'}")
+    assert "prepared" not in again.stderr  # reused
+
+
+def test_resume_from_the_cache_is_bitwise(tmp_path: Path):
+    _images(tmp_path / "imgs")
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    run_capsgan("train", *_folder_args(tmp_path), "train.steps=8", "train.checkpoint_every=4", f"train.run_dir={ref}")
+    run_capsgan("train", *_folder_args(tmp_path), "train.steps=5", "train.checkpoint_every=4", f"train.run_dir={run}")
+    shutil.rmtree(run / "checkpoints" / "step_0000005")  # stopped after step 5: resume from 4
+    run_capsgan("train", "--resume", str(run), "train.steps=8")
+    for part in ("G", "D"):
+        assert (run / "checkpoints" / "step_0000008" / part / "model.safetensors").read_bytes() == \
+            (ref / "checkpoints" / "step_0000008" / part / "model.safetensors").read_bytes()
 
 
 def test_an_empty_folder_is_one_line_and_exit_2(tmp_path: Path):
@@ -33,3 +60,13 @@ def test_an_empty_folder_is_one_line_and_exit_2(tmp_path: Path):
     (line,) = proc.stderr.strip().splitlines()
     assert line.startswith("capsgan: error: no images under") and "data.root" in line
     assert not (tmp_path / "runs").exists()  # before any work: no run folder left behind
+
+
+def test_data_prepare_command_and_its_refusal(tmp_path: Path):
+    _images(tmp_path / "imgs", n=6)
+    args = _folder_args(tmp_path)[:5]
+    out = run_capsgan("data", "prepare", *args)
+    assert out.stdout.startswith(f"cache ready: {tmp_path / 'cache'}/folder-imgs-28px-3ch-") and "(6 images, 3x28x28" \
+        in out.stdout
+    bad = run_capsgan("data", "prepare", str(DEBUG_CONFIG), check=False)
+    assert bad.returncode == 2 and "data.name=synthetic has no prepared cache" in bad.stderr
