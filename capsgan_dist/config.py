@@ -21,14 +21,14 @@ from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from capsgan_dist.errors import ConfigError
-from capsgan_dist.shapes import min_capsule_image, primary_grid
+from capsgan_dist.shapes import conv1_stride, min_capsule_image, primary_grid
 
 DATASETS = ("synthetic", "mnist", "fashion_mnist", "cifar10", "idx", "folder")
 GENERATORS = ("dcgan", "capsule")
 DISCRIMINATORS = ("capsule", "dcgan", "conv")
 # Model keys added after checkpoints existed: left out of model_hash at their defaults (see there).
-LATER_MODEL_KEYS = {"em_schedule": "ramp", "g_init": "keras", "d_kernel": 3, "d_bias": True, "d_init": "torch",
-                    "d_base_width": 64, "d_batchnorm": True}
+LATER_MODEL_KEYS = {"caps_max_grid": 12, "em_schedule": "ramp", "g_init": "keras", "d_kernel": 3, "d_bias": True,
+                    "d_init": "torch", "d_base_width": 64, "d_batchnorm": True}
 # Keys that shape only the capsule generator: left out of model_hash for dcgan (see there).
 CAPSULE_G_KEYS = ("generator", "g_top_caps", "g_top_dim", "g_primary_channels", "g_primary_dim", "g_routing_iters")
 # Names the metric registry (capsgan_dist.metrics) may register; listed here so that validating a
@@ -122,7 +122,9 @@ class ModelConfig:
     latent_dim: int = 100
     """Size of the generator's N(0, 1) latent vector."""
     g_widths: list[int] = field(default_factory=lambda: [128, 64, 32, 3])
-    """Generator conv widths before the final conv to `data.channels` (paper: 128, 64, 32, 3, 1)."""
+    """Generator conv widths before the final conv to `data.channels` (paper: 128, 64, 32, 3, 1). The first is
+    the start, the next k are the x2 upsamplings (k from the size: 2 at 28 px, 3 at 32, 4 at 64, 5 at 128);
+    a list shorter than 1 + k gets doubled widths in front (64 px: 256, 128, 64, 32, 3)."""
     g_batchnorm: bool = False
     """BatchNorm in the generator (the paper trains without it)."""
     g_init: str = "keras"
@@ -157,6 +159,9 @@ class ModelConfig:
     last M-step's assignments fixed); attention has no iterations and takes only all."""
     dense: int = 64
     """Width of the dense layer between the flattened capsules and the logit."""
+    caps_max_grid: int = 12
+    """Capsule D: the largest primary-capsule grid side; a larger image strides conv1 (2, 4, ...) to stay within
+    it, so routing's cost stays bounded (28 px: grid 7, 32 px: 9, stride 1 as in the paper); 0: never stride."""
     d_widths: list[int] = field(default_factory=lambda: [64, 128, 256, 512])
     """conv D: widths of its strided convs (strides 2, 2, 2, 1; 3 widths drop the stride-1 conv); a last
     conv over the remaining map gives the logit."""
@@ -210,6 +215,7 @@ class ModelConfig:
         self._check_routing()
         if len(self.g_widths) < 3 or min(self.g_widths) < 1:
             raise ConfigError("model.g_widths must list at least 3 positive widths (paper: 128, 64, 32, 3)")
+        _positive("model", "caps_max_grid", self.caps_max_grid, 0, strict=False)
         if len(self.d_widths) not in (3, 4) or min(self.d_widths) < 1:
             raise ConfigError("model.d_widths must list 3 or 4 positive widths (a last conv gives the logit)")
 
@@ -468,7 +474,7 @@ def _check_model_shapes(data: DataConfig, model: ModelConfig) -> None:
     if model.discriminator != "capsule":
         return
     size, k1, kp = data.image_size, model.conv1_kernel, model.primary_kernel
-    if primary_grid(size, k1, kp) < 1:
+    if primary_grid(size, k1, kp, conv1_stride(size, k1, kp, model.caps_max_grid)) < 1:
         smallest = -(-min_capsule_image(k1, kp) // 4) * 4  # the generator also needs a multiple of 4
         raise ConfigError(
             f"data.image_size={size} is too small for the capsule discriminator's model.conv1_kernel={k1} and "

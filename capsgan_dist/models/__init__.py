@@ -11,6 +11,7 @@ from capsgan_dist.models.class_discriminators import CapsuleClassDiscriminator, 
 from capsgan_dist.models.dcgan_discriminator import DCGANDiscriminator, dcgan_init
 from capsgan_dist.models.discriminators import CapsuleDiscriminator, ConvDiscriminator
 from capsgan_dist.models.generators import Generator
+from capsgan_dist.shapes import conv1_stride
 
 
 def build_generator(cfg: Config) -> nn.Module:
@@ -44,10 +45,11 @@ def build_discriminator(cfg: Config) -> nn.Module:
         return DCGANDiscriminator(d.image_size, d.channels, m.d_base_width, m.d_batchnorm)
     if m.discriminator == "conv":
         return ConvDiscriminator(d.image_size, d.channels, tuple(m.d_widths), m.d_kernel, m.d_bias, m.d_init)
+    stride = conv1_stride(d.image_size, m.conv1_kernel, m.primary_kernel, m.caps_max_grid)
     return CapsuleDiscriminator(d.image_size, d.channels, m.conv1_channels, m.conv1_kernel,
                                 m.primary_kernel, m.primary_channels, m.primary_dim, m.n_caps,
                                 m.caps_dim, m.routing_iters, m.routing_grad, m.dense, cfg.perf.routing,
-                                m.routing, m.em_schedule)
+                                m.routing, m.em_schedule, stride)
 
 
 def count_params(model: nn.Module) -> int:

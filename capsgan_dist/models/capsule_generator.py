@@ -20,6 +20,7 @@ from torch import nn
 
 from capsgan_dist.models.capsules import squash
 from capsgan_dist.models.generators import keras_init, upsampling_stack
+from capsgan_dist.shapes import g_upsamplings, g_widths_for
 
 
 def parent_routing(u_hat: torch.Tensor, iterations: int, grad: str = "all") -> torch.Tensor:
@@ -66,6 +67,7 @@ class CapsuleGenerator(nn.Module):
                  top_dim: int = 16, primary_channels: int = 32, primary_dim: int = 8, iterations: int = 3,
                  grad: str = "all", widths: tuple[int, ...] = (128, 64, 32, 3), batchnorm: bool = False):
         super().__init__()
+        n_up, widths = g_upsamplings(image_size), g_widths_for(widths, image_size)
         if image_size % 4 or len(widths) < 3:
             raise ValueError(f"need image_size divisible by 4 and >= 3 widths, got {image_size}, {widths}")
         if top_caps < 2:
@@ -73,12 +75,12 @@ class CapsuleGenerator(nn.Module):
                              "over parents is always 1 and routing would be a no-op")
         self.latent_dim, self.iterations, self.grad = latent_dim, iterations, grad
         self.top_caps, self.top_dim = top_caps, top_dim
-        self.primary_channels, self.primary_dim, self.s0 = primary_channels, primary_dim, image_size // 4
+        self.primary_channels, self.primary_dim, self.s0 = primary_channels, primary_dim, image_size // 2 ** n_up
         self.n_primary = primary_channels * self.s0 * self.s0
         self.fc = nn.Linear(latent_dim, top_caps * top_dim)
         # W_ij (Sabour eq. 2) laid out as RoutedCaps' weight: (n_in, n_out, d_out, d_in).
         self.weight = nn.Parameter(torch.empty(top_caps, self.n_primary, primary_dim, top_dim))
-        self.net = upsampling_stack(primary_channels * primary_dim, widths, channels, batchnorm)
+        self.net = upsampling_stack(primary_channels * primary_dim, widths, channels, batchnorm, n_up)
         keras_init(self)
         # Top capsules have lengths ~0.9 at init (squash of ~N(0, 0.8) entries). With this std the
         # mean prediction over the parents (the coupling at iteration 0) has length ~0.5 per primary

@@ -15,6 +15,9 @@ from capsgan_dist.shapes import conv_out, min_capsule_image, primary_grid
 class CapsuleDiscriminator(nn.Module):
     """Conv(256)+PReLU -> PrimaryCaps (stride 2) -> routed capsules -> flatten -> Dense(64) -> Dense(1).
 
+    conv1 has stride 1 (the paper) unless the image is large enough that the primary-capsule grid would
+    exceed model.caps_max_grid on a side; then it strides 2, 4, ... (shapes.conv1_stride).
+
     The head reads every routed capsule whole: the vectors for dynamic and attention routing, the
     16 pose entries and the activation of each matrix capsule for em.
     """
@@ -23,14 +26,15 @@ class CapsuleDiscriminator(nn.Module):
                  conv1_kernel: int = 9, primary_kernel: int = 7, primary_channels: int = 32,
                  primary_dim: int = 8, n_caps: int = 10, caps_dim: int = 16, routing_iters: int = 3,
                  routing_grad: str = "all", dense: int = 64, routing_impl: str = "fused",
-                 routing: str = "dynamic", em_schedule: str = "ramp"):
+                 routing: str = "dynamic", em_schedule: str = "ramp", conv1_stride: int = 1):
         super().__init__()
-        h2 = primary_grid(image_size, conv1_kernel, primary_kernel)  # Config checks this first
+        h2 = primary_grid(image_size, conv1_kernel, primary_kernel, conv1_stride)  # Config checks this first
         if h2 < 1:
             raise ValueError(
                 f"image size {image_size} is too small for conv1 kernel {conv1_kernel} and primary "
                 f"kernel {primary_kernel} (needs >= {min_capsule_image(conv1_kernel, primary_kernel)})")
-        self.conv1 = nn.Conv2d(channels, conv1_channels, conv1_kernel)
+        # Stride 1 is the paper's; larger images stride conv1 so the primary grid stays bounded (docs/design.md).
+        self.conv1 = nn.Conv2d(channels, conv1_channels, conv1_kernel, stride=conv1_stride)
         self.act1 = nn.PReLU(conv1_channels)
         self.n_in = primary_channels * h2 * h2
         self.primary, self.caps = capsule_layers(routing, conv1_channels, primary_channels, primary_dim,

@@ -5,12 +5,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from capsgan_dist.shapes import g_upsamplings, g_widths_for
 
-def upsampling_stack(c_in: int, widths: tuple[int, ...], channels: int, batchnorm: bool) -> nn.Sequential:
-    """Conv to widths[0], two x2 transposed convs, the remaining convs, conv to `channels`, tanh.
 
-    (B, c_in, S/4, S/4) -> (B, channels, S, S). All kernels 3x3, LeakyReLU(0.2) after each but the
-    last (the paper's section 3.3); shared by the DCGAN and the capsule generator.
+def upsampling_stack(c_in: int, widths: tuple[int, ...], channels: int, batchnorm: bool,
+                     n_up: int = 2) -> nn.Sequential:
+    """Conv to widths[0], `n_up` x2 transposed convs, the remaining convs, conv to `channels`, tanh.
+
+    (B, c_in, S / 2^n_up, S / 2^n_up) -> (B, channels, S, S). All kernels 3x3, LeakyReLU(0.2) after
+    each but the last (the paper's section 3.3); shared by the DCGAN and the capsule generator.
     """
     def block(conv: nn.Module, width: int) -> list[nn.Module]:
         return [conv] + ([nn.BatchNorm2d(width)] if batchnorm else []) + [nn.LeakyReLU(0.2)]
@@ -18,7 +21,7 @@ def upsampling_stack(c_in: int, widths: tuple[int, ...], channels: int, batchnor
     layers: list[nn.Module] = block(nn.Conv2d(c_in, widths[0], 3, padding=1), widths[0])
     c = widths[0]
     for i, w in enumerate(widths[1:]):
-        if i < 2:  # the first two go up x2 each: S/4 -> S/2 -> S
+        if i < n_up:  # the first n_up go up x2 each: ... -> S/2 -> S
             conv = nn.ConvTranspose2d(c, w, 3, stride=2, padding=1, output_padding=1)
         else:
             conv = nn.Conv2d(c, w, 3, padding=1)
@@ -42,19 +45,22 @@ def keras_init(model: nn.Module) -> None:
 
 
 class Generator(nn.Module):
-    """Dense to (w0, S/4, S/4), conv w0, two x2 transposed convs, remaining convs, conv to C, tanh.
+    """Dense to (w0, s0, s0), conv w0, k x2 transposed convs, remaining convs, conv to C, tanh.
 
-    With widths (128, 64, 32, 3) and C=1 the five convs have the paper's 128, 64, 32, 3, 1 kernels.
+    k and s0 = S / 2^k come from the size (shapes.g_upsamplings): at 28 px k = 2 from 7x7, and with
+    widths (128, 64, 32, 3) and C=1 the five convs have the paper's 128, 64, 32, 3, 1 kernels; at
+    64 px k = 4 from 4x4, as Radford et al.'s DCGAN (widths needs 1 + k entries).
     """
 
     def __init__(self, latent_dim: int = 100, image_size: int = 28, channels: int = 1,
                  widths: tuple[int, ...] = (128, 64, 32, 3), batchnorm: bool = False):
         super().__init__()
+        n_up, widths = g_upsamplings(image_size), g_widths_for(widths, image_size)
         if image_size % 4 or len(widths) < 3:
             raise ValueError(f"need image_size divisible by 4 and >= 3 widths, got {image_size}, {widths}")
-        self.latent_dim, self.s0, self.w0 = latent_dim, image_size // 4, widths[0]
+        self.latent_dim, self.s0, self.w0 = latent_dim, image_size // 2 ** n_up, widths[0]
         self.fc = nn.Linear(latent_dim, widths[0] * self.s0 * self.s0)
-        self.net = upsampling_stack(widths[0], widths, channels, batchnorm)
+        self.net = upsampling_stack(widths[0], widths, channels, batchnorm, n_up)
         keras_init(self)  # as in the paper's (Keras) code
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:

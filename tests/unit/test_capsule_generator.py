@@ -13,6 +13,7 @@ from capsgan_dist.config import load_config, model_hash
 from capsgan_dist.errors import ConfigError
 from capsgan_dist.models import CapsuleGenerator, Generator, build_generator
 from capsgan_dist.models.capsule_generator import parent_routing
+from capsgan_dist.shapes import g_upsamplings
 
 SIZES = [pytest.param(28, 1, id="28x28x1"), pytest.param(32, 3, id="32x32x3")]
 CAPSULE = "model.generator=capsule"
@@ -128,7 +129,8 @@ def test_capsule_generator_shape_range_and_every_parameter_gets_a_gradient(size,
     torch.manual_seed(0)
     G = build_generator(_cfg(size, channels))
     assert isinstance(G, CapsuleGenerator)
-    assert G.n_primary == 32 * (size // 4) ** 2 and G.weight.shape == (10, G.n_primary, 8, 16)
+    grid = size // 2 ** g_upsamplings(size)  # 7 at 28 px, 4 at 32 px
+    assert G.n_primary == 32 * grid ** 2 and G.weight.shape == (10, G.n_primary, 8, 16)
     x = G(torch.randn(3, 100))
     assert x.shape == (3, channels, size, size)
     assert x.min() >= -1 and x.max() <= 1
