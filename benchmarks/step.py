@@ -11,6 +11,10 @@ processes hits them alike; peak memory in one subprocess per case):
   d_einsum the same step with perf.routing=einsum (the library's plain autograd routing)
   d_em     the D step with model.routing=em (matrix capsules; model.primary_dim=16, EM routing_iters times)
   d_attention  the D step with model.routing=attention (Efficient-CapsNet self-attention, one pass)
+  d_conv   the D step of the paper's conv D reading (model.discriminator=conv)
+  d_dcgan  the D step of Radford et al.'s DCGAN D (model.discriminator=dcgan; one batch-norm forward)
+--set KEY=VALUE ... overrides the config of every model case (not loop/data), e.g. --set data.image_size=64
+data.channels=3; benchmarks/sizes.py runs the D and G cases at each image size this way.
   g        G step: G forward, frozen capsule D forward, backward into G, Adam on G
   gan      one CapsuleGAN iteration as train.py runs it: D on B/2 real + B/2 fake, then G on B
   dcgan    the same iteration with the DCGAN conv discriminator (the paper's baseline)
@@ -55,13 +59,15 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CASES = ("d", "d_ref", "d_einsum", "g", "gan", "dcgan", "loop")
-CASES = (*DEFAULT_CASES, "d_em", "d_attention", "gen_dcgan", "gen_caps", "capsg_capsd", "capsg_convd", "data",
-         "data_ref")
+CASES = (*DEFAULT_CASES, "d_em", "d_attention", "d_conv", "d_dcgan", "gen_dcgan", "gen_caps", "capsg_capsd",
+         "capsg_convd", "data", "data_ref")
 CAPSULE_G_CASES = ("gen_caps", "capsg_capsd", "capsg_convd")
 CONV_D_CASES = ("dcgan", "capsg_convd")
 # The D step with another routing kind (model.routing): the overrides that make it. em's 4x4 pose
 # matrices need 16-D primary capsules; the config's other sizes stay.
-ROUTING_CASES = {"d_em": ["model.routing=em", "model.primary_dim=16"], "d_attention": ["model.routing=attention"]}
+ROUTING_CASES = {"d_em": ["model.routing=em", "model.primary_dim=16"], "d_attention": ["model.routing=attention"],
+                 # and the D step of the conv baselines, to set the capsule D's cost beside at any image size
+                 "d_conv": ["model.discriminator=conv"], "d_dcgan": ["model.discriminator=dcgan"]}
 DATA_CASES = ("data", "data_ref")
 REFERENCE = {"d": "d_ref", "d_einsum": "d_ref", "data": "data_ref", "loop": "gan"}  # for the "vs ref" columns
 
@@ -78,16 +84,20 @@ def _autocast(device: str, dtype: str):
 
 
 def build_case(case: str, batch: int, device: str, dtype: str, compile_: bool, config: str | None,
-               graphs: bool = False):
-    """(step function, FLOPs per step, images per step, optimizers) for one case."""
+               graphs: bool = False, overrides: list[str] | tuple[str, ...] = ()):
+    """(step function, FLOPs per step, images per step, optimizers) for one case; `overrides` (--set) apply
+    to every model the case builds."""
     import torch
 
     sys.path.insert(0, str(REPO))
     from benchmarks import loop_cases
     from benchmarks.reference_capsule import reference_from
     from capsgan_dist import losses
-    from capsgan_dist.config import load_config
+    from capsgan_dist.config import load_config as _load_config
     from capsgan_dist.models import build_discriminator, build_generator, forward_flops
+
+    def load_config(path, ovs):  # every config of the case gets the --set overrides first
+        return _load_config(path, [*overrides, *ovs])
 
     config = REPO / config if config else None  # recorded relative to the repository root
     if case in DATA_CASES:
@@ -250,7 +260,7 @@ def run_child(spec: dict) -> dict:
             if spec.get("graphs") and case in DATA_CASES:
                 raise ValueError("the loader is not captured in graphs (it copies from the host)")
             step, flops, images, _ = build_case(case, spec["batch"], device, spec["dtype"], spec["compile"],
-                                                spec["config"], bool(spec.get("graphs")))
+                                                spec["config"], bool(spec.get("graphs")), spec.get("overrides", ()))
             if spec.get("graphs") and case != "loop":  # the loop case replays GraphedSteps itself
                 step = _graphed(step, device)
             for _ in range(spec["warmup"]):
@@ -367,6 +377,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda if available)")
     p.add_argument("--config", default="configs/mnist_capsgan.yaml", help="model sizes (relative: to the cwd)")
     p.add_argument("--cases", nargs="+", default=list(DEFAULT_CASES), choices=CASES)
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="config overrides for every case, e.g. data.image_size=64 data.channels=3")
     p.add_argument("--batches", nargs="+", type=int, default=None, help="default: 32 on CPU, 32 256 1024 on CUDA")
     p.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     p.add_argument("--compile", default="off", choices=["off", "on", "both"], help="torch.compile the models")
@@ -412,7 +424,8 @@ def main(argv: list[str] | None = None) -> int:
                         continue  # one at a time: torch.compile's own cudagraphs are another story
                     warm = args.warmup if args.warmup is not None else (5 if comp else 1 if args.quick else 2)
                     spec = {"cases": args.cases, "batch": batch, "dtype": dtype, "compile": comp, "graphs": graphs,
-                            "device": device, "config": args.config, "threads": args.threads, "warmup": warm,
+                            "device": device, "config": args.config, "overrides": args.set,
+                            "threads": args.threads, "warmup": warm,
                             "repeats": repeats, "steps_per_sample": 1 if device == "cpu" else 10, "memory": False}
                     timed = _in_process(spec) if args.inprocess else child(spec, args.timeout)
                     want_mem = not (args.quick or args.no_memory or (args.inprocess and device == "cpu"))
