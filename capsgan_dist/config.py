@@ -23,7 +23,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationE
 from capsgan_dist.errors import ConfigError
 from capsgan_dist.shapes import conv1_stride, min_capsule_image, primary_grid
 
-DATASETS = ("synthetic", "mnist", "fashion_mnist", "cifar10", "idx", "folder")
+DATASETS = ("synthetic", "mnist", "fashion_mnist", "cifar10", "celeba", "stl10", "idx", "folder")
 GENERATORS = ("dcgan", "capsule")
 DISCRIMINATORS = ("capsule", "dcgan", "conv")
 # Model keys added after checkpoints existed: left out of model_hash at their defaults (see there).
@@ -58,8 +58,9 @@ def _positive(section: str, name: str, value: float, minimum: float = 0.0, stric
 @dataclass(frozen=True)
 class DataConfig:
     name: str = "synthetic"
-    """Dataset: synthetic | mnist | fashion_mnist | cifar10 | idx (a folder of IDX .gz files) | folder (your
-    own PNG/JPEG/WebP/BMP/GIF images under data.root, converted by one rule: docs/data.md)."""
+    """Dataset: synthetic | mnist | fashion_mnist | cifar10 | celeba | stl10 (torchvision; they download only
+    online) | idx (a folder of IDX .gz files) | folder (your own PNG/JPEG/WebP/BMP/GIF images under data.root,
+    converted by one rule: docs/data.md; celeba and stl10 go through the same rule)."""
     root: Optional[str] = None
     """Folder holding the data (torchvision root, the IDX folder for `idx`, the image folder for `folder`)."""
     labels: str = "none"

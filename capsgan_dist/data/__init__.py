@@ -9,6 +9,7 @@ through torchvision (which downloads only when the machine is online). Every sou
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ from capsgan_dist.config import DataConfig
 from capsgan_dist.data.folder import load_folder, load_folder_labeled
 from capsgan_dist.data.sources import (
     HOW_TO_GET,
+    celeba_folder,
     check_shape,
     idx_file,
     load_idx_labeled,
@@ -53,6 +55,8 @@ def load_images(cfg: DataConfig, seed: int = 1234) -> torch.Tensor:
         return synthetic_images(cfg.synthetic_size, cfg.image_size, cfg.channels, seed)
     from capsgan_dist.data.cache import cached_images, uses_cache  # imports this package
 
+    if cfg.name == "celeba":  # a downloaded folder of JPEGs: read as a folder (and its cache)
+        cfg = dataclasses.replace(cfg, name="folder", root=str(celeba_folder(cfg)))
     if uses_cache(cfg):  # folder, idx: decoded once, memory-mapped by every rank
         images = cached_images(cfg)
     elif cfg.name == "idx":

@@ -112,21 +112,49 @@ def torchvision_images(cfg: DataConfig, train: bool | None = None) -> torch.Tens
     return torchvision_labeled(cfg, train)[0]
 
 
-def torchvision_labeled(cfg: DataConfig, train: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """A torchvision dataset's images and labels."""
-    import torchvision.datasets as tvd
-
-    cls = {"mnist": tvd.MNIST, "fashion_mnist": tvd.FashionMNIST, "cifar10": tvd.CIFAR10}[cfg.name]
+def _download(cfg: DataConfig, make: Callable):
+    """A torchvision dataset object, its download or load failures as one DataError."""
     root = cfg.root or "data"
-    train = cfg.split != "test" if train is None else train
     try:
-        ds = cls(root, train=train, download=True)
+        return make(root)
     except Exception as e:  # torchvision raises many kinds here (URLError, RuntimeError, ...)
         raise DataError(f"cannot load {cfg.name} from {root} or download it ({type(e).__name__}: "
                         f"{str(e).splitlines()[0] if str(e) else ''}); {HOW_TO_GET}") from None
+
+
+def celeba_folder(cfg: DataConfig) -> Path:
+    """CelebA's aligned JPEGs (torchvision downloads them into data.root once, online): the folder the
+    folder source and its cache then read by the one rule (178x218 -> centre square)."""
+    import torchvision.datasets as tvd
+
+    _download(cfg, lambda root: tvd.CelebA(root, split="all", target_type=[], download=True))
+    return Path(cfg.root or "data") / "celeba" / "img_align_celeba"
+
+
+def torchvision_labeled(cfg: DataConfig, train: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A torchvision dataset's images and labels (STL-10's 96 px images made data.image_size by the folder rule)."""
+    import torchvision.datasets as tvd
+
+    train = cfg.split != "test" if train is None else train
+    if cfg.name == "stl10":
+        ds = _download(cfg, lambda root: tvd.STL10(root, split="train" if train else "test", download=True))
+        return _by_the_rule(np.asarray(ds.data), cfg), torch.as_tensor(np.asarray(ds.labels), dtype=torch.long)
+    cls = {"mnist": tvd.MNIST, "fashion_mnist": tvd.FashionMNIST, "cifar10": tvd.CIFAR10}[cfg.name]
+    ds = _download(cfg, lambda root: cls(root, train=train, download=True))
     data = torch.as_tensor(np.asarray(ds.data))
     images = data.permute(0, 3, 1, 2).contiguous() if data.ndim == 4 else data.unsqueeze(1)
     return images, torch.as_tensor(np.asarray(ds.targets), dtype=torch.long)
+
+
+def _by_the_rule(chw: np.ndarray, cfg: DataConfig) -> torch.Tensor:
+    """uint8 (N, C, H, W) images of another size made data.channels x data.image_size (folder.convert)."""
+    from PIL import Image
+
+    from capsgan_dist.data.folder import background_rgb, convert
+
+    bg = background_rgb(cfg.background)
+    return torch.from_numpy(np.stack([convert(Image.fromarray(x.transpose(1, 2, 0)), cfg.image_size, cfg.channels,
+                                              bg) for x in chw]))
 
 
 def check_shape(images: torch.Tensor, cfg: DataConfig) -> None:

@@ -160,3 +160,31 @@ def test_real_mnist(mnist_dir):
     assert 25 < images.float().mean().item() < 40
     ds = build_dataset(DataConfig(name="idx", root=str(mnist_dir)))
     assert ds[0].min().item() == -1.0 and ds[0].max().item() <= 1.0
+
+
+@pytest.mark.parametrize("name, cls", [("celeba", "CelebA"), ("stl10", "STL10")])
+def test_celeba_and_stl10_download_failures_are_data_errors(tmp_path, monkeypatch, name, cls):
+    import urllib.error
+
+    import torchvision.datasets
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torchvision.datasets, cls, offline)
+    with pytest.raises(DataError, match=f"cannot load {name} from .* or download it"):
+        load_images(DataConfig(name=name, root=str(tmp_path), image_size=64, channels=3))
+
+
+def test_stl10_images_are_made_the_configured_size_by_the_folder_rule(tmp_path, monkeypatch):
+    import numpy as np
+    import torchvision.datasets
+
+    class FakeSTL10:  # torchvision's layout: data (N, 3, 96, 96) uint8, labels (N,)
+        def __init__(self, root, split, download):
+            self.data = np.full((3, 3, 96, 96), 200, np.uint8)
+            self.labels = np.array([0, 4, 9])
+
+    monkeypatch.setattr(torchvision.datasets, "STL10", FakeSTL10)
+    images = load_images(DataConfig(name="stl10", root=str(tmp_path), image_size=64, channels=3))
+    assert images.shape == (3, 3, 64, 64) and (images == 200).all()
