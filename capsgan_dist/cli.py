@@ -93,7 +93,7 @@ def _classifier_train(args: argparse.Namespace) -> int:
                        **({"primary_dim": 16, "em_schedule": args.em_schedule} if args.routing == "em" else {})}
     meta = train_classifier(Path(args.data), args.arch, Path(args.out), args.epochs, args.batch, args.lr,
                             args.seed, args.holdout, arch_kwargs, labels_per_class=args.labels_per_class,
-                            split_seed=args.split_seed)
+                            split_seed=args.split_seed, size=args.size, channels=args.channels)
     arch = meta["arch"] + (f" ({args.routing} routing)" if args.arch == "capsnet" else "")
     print(f"wrote {args.out}: {arch} accuracy {meta['accuracy']:.4f} on {meta['dataset']['n_test']} "
           f"held-out images ({meta['dataset']['split']})")
@@ -191,7 +191,10 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("classifier", help="feature classifier for the metrics")
     csub = c.add_subparsers(dest="action", required=True, parser_class=_subparser)
     ct = csub.add_parser("train", help="train a classifier on a labelled IDX folder")
-    ct.add_argument("--data", required=True, help="IDX folder with *-images-idx3-ubyte.gz and *-labels-idx1-ubyte.gz")
+    ct.add_argument("--data", required=True, help="IDX folder with *-images-idx3-ubyte.gz and *-labels-idx1-ubyte.gz, "
+                    "or a folder of images with one subfolder per class (then --size and --channels)")
+    ct.add_argument("--size", type=int, default=None, help="image folders: the run's data.image_size")
+    ct.add_argument("--channels", type=int, default=None, choices=[1, 3], help="image folders: the run's data.channels")
     ct.add_argument("--arch", default="lenet", choices=["lenet", "capsnet"], help="classifier architecture")
     ct.add_argument("--routing", default="dynamic", choices=["dynamic", "em", "attention"],
                     help="CapsNet routing between primary and class capsules (model.routing; docs/design.md)")

@@ -31,13 +31,37 @@ def _to_unit(images: torch.Tensor) -> torch.Tensor:
     return images.float().div(127.5).sub(1.0)
 
 
-def labelled_split(root: Path, holdout: int, seed: int) -> tuple[torch.Tensor, ...]:
-    """(train_x, train_y, test_x, test_y, info) of an IDX folder.
+def _folder_labelled(root: Path, size: int | None, channels: int | None) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """A folder of images with one subfolder per class, by the training data's rule (data/folder.py)."""
+    from capsgan_dist.config import DataConfig
+    from capsgan_dist.data.folder import load_folder_labeled
+
+    if size is None or channels is None:
+        raise UserError(f"--data {root} is a folder of images: give the run's image shape too, --size S "
+                        "--channels C (its data.image_size and data.channels)")
+    images, labels, classes = load_folder_labeled(DataConfig(name="folder", root=str(root), labels="subfolders",
+                                                             image_size=size, channels=channels))
+    return images, labels, f"{len(classes)} class folders"
+
+
+def labelled_split(root: Path, holdout: int, seed: int, size: int | None = None,
+                   channels: int | None = None) -> tuple[torch.Tensor, ...]:
+    """(train_x, train_y, test_x, test_y, info) of an IDX folder, or of a folder of images in class subfolders.
 
     With both train-* and t10k-* files: train on train, test on t10k. With only one split (MNIST
-    here has just the 10,000 test digits): a seeded random `holdout` images are held out.
+    here has just the 10,000 test digits), or a folder of images (made `channels` x `size` by the
+    training data's rule): a seeded random `holdout` images are held out.
     """
     root = Path(root)
+    if root.is_dir() and not any(root.glob("*-images-idx3-ubyte*")):  # a folder of images
+        images, labels, name = _folder_labelled(root, size, channels)
+        if not 0 < holdout < len(images):
+            raise UserError(f"--holdout {holdout} must be between 1 and {len(images) - 1} ({root} has "
+                            f"{len(images)} images)")
+        train, test = holdout_indices(len(images), holdout, seed)
+        info = {"split": f"{name}: seeded random {len(train)} train / {holdout} held out (seed {seed})",
+                "n_train": len(train), "n_test": holdout, "fingerprints": [fingerprint(images)]}
+        return images[train], labels[train], images[test], labels[test], info
     try:
         test_x, test_y, _ = load_idx_labeled(root, "test")
         train_x, train_y, _ = load_idx_labeled(root, "train")
@@ -69,8 +93,10 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 50
 
 def train_classifier(data: Path, arch: str, out: Path, epochs: float = 5, batch: int = 64, lr: float = 1e-3,
                      seed: int = 0, holdout: int = 2000, arch_kwargs: dict | None = None,
-                     log=print, labels_per_class: int = 0, split_seed: int | None = None) -> dict:
-    """Train `arch` on the IDX folder `data`, save it to `out`; returns the saved metadata.
+                     log=print, labels_per_class: int = 0, split_seed: int | None = None,
+                     size: int | None = None, channels: int | None = None) -> dict:
+    """Train `arch` on the IDX folder, or the folder of class subfolders (`size`, `channels`), `data`; save it
+    to `out`; returns the saved metadata.
 
     labels_per_class > 0 trains on the class-balanced labeled subset a semi-supervised run with the
     same seed draws (data.labels_per_class): the supervised-only baseline. split_seed (default: seed)
@@ -82,7 +108,7 @@ def train_classifier(data: Path, arch: str, out: Path, epochs: float = 5, batch:
         raise UserError(f"--epochs ({epochs}), --batch ({batch}) and --lr ({lr}) must be positive, "
                         f"--labels-per-class ({labels_per_class}) >= 0")
     train_x, train_y, test_x, test_y, info = labelled_split(Path(data), holdout,
-                                                            seed if split_seed is None else split_seed)
+                                                            seed if split_seed is None else split_seed, size, channels)
     if labels_per_class:
         try:
             keep = balanced_subset(train_y, labels_per_class, seed)[0]

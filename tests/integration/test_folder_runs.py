@@ -70,3 +70,22 @@ def test_data_prepare_command_and_its_refusal(tmp_path: Path):
         in out.stdout
     bad = run_capsgan("data", "prepare", str(DEBUG_CONFIG), check=False)
     assert bad.returncode == 2 and "data.name=synthetic has no prepared cache" in bad.stderr
+
+
+def test_classifier_on_a_class_folder_shares_the_runs_feature_space(tmp_path: Path):
+    from capsgan_dist.config import load_config
+    from capsgan_dist.data import fingerprint, load_images
+    from capsgan_dist.metrics.classifier import load_classifier
+
+    _images(tmp_path / "imgs")
+    out = tmp_path / "clf.safetensors"
+    proc = run_capsgan("classifier", "train", "--data", str(tmp_path / "imgs"), "--size", "28", "--channels", "3",
+                       "--arch", "lenet", "--epochs", "1", "--holdout", "10", "--out", str(out))
+    assert "held-out images (2 class folders: seeded random 30 train / 10 held out" in proc.stdout
+    _, meta = load_classifier(out)
+    assert meta["image_shape"] == [3, 28, 28] and meta["arch_kwargs"]["n_classes"] == 2
+    cfg = load_config(DEBUG_CONFIG, ["data.name=folder", f"data.root={tmp_path / 'imgs'}", "data.channels=3",
+                                     f"data.cache_dir={tmp_path / 'cache'}"])
+    assert fingerprint(load_images(cfg.data)) in meta["dataset"]["fingerprints"]  # the same pixels, same rule
+    bad = run_capsgan("classifier", "train", "--data", str(tmp_path / "imgs"), "--out", str(out), check=False)
+    assert bad.returncode == 2 and "give the run's image shape too, --size S --channels C" in bad.stderr
