@@ -31,7 +31,7 @@ from capsgan_dist.config import ROUTINGS, Config, ModelConfig, load_config
 from capsgan_dist.errors import ConfigError, UserError
 
 TABLE_METRICS = ("fid", "kid", "is", "precision", "recall")
-DEFAULT_MODELS = {"capsgan": ["model.discriminator=capsule"], "dcgan": ["model.discriminator=conv"]}
+DEFAULT_MODELS = {"capsgan": ["model.discriminator=capsule"], "dcgan": ["model.discriminator=dcgan"]}
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ def test_compare_trains_both_models_over_seeds_and_reports(tmp_path: Path, mnist
     # Same generator, schedule, data and seed: the configs differ only in the discriminator.
     a = yaml.safe_load((out / "capsgan" / "seed1" / "config.yaml").read_text())
     b = yaml.safe_load((out / "dcgan" / "seed1" / "config.yaml").read_text())
-    assert a["model"].pop("discriminator") == "capsule" and b["model"].pop("discriminator") == "conv"
+    assert a["model"].pop("discriminator") == "capsule" and b["model"].pop("discriminator") == "dcgan"
     for c in (a, b):
         c["train"].pop("run_dir")
     assert a == b and a["seed"] == 1
@@ -51,7 +51,7 @@ def test_compare_trains_both_models_over_seeds_and_reports(tmp_path: Path, mnist
     # seeds differ, so do their FIDs; the table holds mean ± std
     assert v["dcgan"]["rows"][-1]["fid_sd"] > 0
     table = (out / "table.md").read_text()
-    assert "| capsgan | capsule | 20 |" in table and "| dcgan | conv (paper's reading), d_widths=8-16-32-32 | 10 |" \
+    assert "| capsgan | capsule | 20 |" in table and "| dcgan | dcgan (Radford et al.) | 10 |" \
         in table and "Routing iterations" in table  # each row names its discriminator
     for f in ("fid.png", "ablation.png", "grid_step_0000010.png", "grid_step_0000020.png"):
         assert (out / f).stat().st_size > 1000, f
