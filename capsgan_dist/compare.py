@@ -233,7 +233,8 @@ def d_label(m: ModelConfig) -> str:
         return f"capsule ({m.routing})" if m.routing != "dynamic" else "capsule"
     if m.discriminator == "dcgan":
         return "dcgan (Radford et al.)" + ("" if m.d_batchnorm else ", no batch norm")
-    knobs = [f"{k}={getattr(m, k)}" for k, default in (("d_kernel", 3), ("d_bias", True), ("d_init", "torch"))
+    knobs = [f"{k}={str(getattr(m, k)).lower()}" for k, default in (("d_kernel", 3), ("d_bias", True),
+                                                                     ("d_init", "torch"), ("conv_batchnorm", False))
              if getattr(m, k) != default]
     if list(m.d_widths) != [64, 128, 256, 512]:
         knobs.append("d_widths=" + "-".join(map(str, m.d_widths)))

@@ -27,8 +27,8 @@ DATASETS = ("synthetic", "mnist", "fashion_mnist", "cifar10", "celeba", "stl10",
 GENERATORS = ("dcgan", "capsule")
 DISCRIMINATORS = ("capsule", "dcgan", "conv")
 # Model keys added after checkpoints existed: left out of model_hash at their defaults (see there).
-LATER_MODEL_KEYS = {"caps_max_grid": 12, "em_schedule": "ramp", "g_init": "keras", "d_kernel": 3, "d_bias": True,
-                    "d_init": "torch", "d_base_width": 64, "d_batchnorm": True}
+LATER_MODEL_KEYS = {"conv_batchnorm": False, "caps_max_grid": 12, "em_schedule": "ramp", "g_init": "keras",
+                    "d_kernel": 3, "d_bias": True, "d_init": "torch", "d_base_width": 64, "d_batchnorm": True}
 # Keys that shape only the capsule generator: left out of model_hash for dcgan (see there).
 CAPSULE_G_KEYS = ("generator", "g_top_caps", "g_top_dim", "g_primary_channels", "g_primary_dim", "g_routing_iters")
 # Names the metric registry (capsgan_dist.metrics) may register; listed here so that validating a
@@ -172,6 +172,8 @@ class ModelConfig:
     """conv D: biases in its convs (Radford et al.'s D has none)."""
     d_init: str = "torch"
     """conv D: init, torch (PyTorch's default) | dcgan (N(0, 0.02) weights, zero biases)."""
+    conv_batchnorm: bool = False
+    """conv D: batch norm after every conv but the first (its real and generated images forwarded apart)."""
     d_base_width: int = 64
     """dcgan D: width of its first conv; each further strided conv doubles it (Radford et al.: 64)."""
     d_batchnorm: bool = True
@@ -456,10 +458,11 @@ class Config:
         if semisup and self.model.discriminator == "dcgan":
             raise ConfigError("model.discriminator=dcgan has no semi-supervised (class-output) form; "
                               "use model.discriminator=conv or capsule")
-        if self.model.discriminator == "dcgan" and self.model.d_batchnorm and self.train.d_batches == "joint":
-            raise ConfigError("train.d_batches=joint would mix real and generated images in the dcgan D's batch "
-                              "norm, so D could tell them apart by batch statistics; use train.d_batches=auto "
-                              "(or separate), or model.d_batchnorm=false")
+        bn = self.model.d_batchnorm if self.model.discriminator == "dcgan" else self.model.conv_batchnorm
+        if self.model.discriminator in ("dcgan", "conv") and bn and self.train.d_batches == "joint":
+            raise ConfigError(f"train.d_batches=joint would mix real and generated images in the "
+                              f"{self.model.discriminator} D's batch norm, so D could tell them apart by batch "
+                              "statistics; use train.d_batches=auto (or separate), or turn its batch norm off")
         if semisup and self.perf.cuda_graphs:
             raise ConfigError("perf.cuda_graphs=true does not capture the semi-supervised steps; "
                               "set perf.cuda_graphs=false")

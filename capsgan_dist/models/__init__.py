@@ -44,7 +44,8 @@ def build_discriminator(cfg: Config) -> nn.Module:
     if m.discriminator == "dcgan":
         return DCGANDiscriminator(d.image_size, d.channels, m.d_base_width, m.d_batchnorm)
     if m.discriminator == "conv":
-        return ConvDiscriminator(d.image_size, d.channels, tuple(m.d_widths), m.d_kernel, m.d_bias, m.d_init)
+        return ConvDiscriminator(d.image_size, d.channels, tuple(m.d_widths), m.d_kernel, m.d_bias, m.d_init,
+                                 m.conv_batchnorm)
     stride = conv1_stride(d.image_size, m.conv1_kernel, m.primary_kernel, m.caps_max_grid)
     return CapsuleDiscriminator(d.image_size, d.channels, m.conv1_channels, m.conv1_kernel,
                                 m.primary_kernel, m.primary_channels, m.primary_dim, m.n_caps,

@@ -50,13 +50,15 @@ class CapsuleDiscriminator(nn.Module):
 
 
 def conv_body(image_size: int, channels: int, widths: tuple[int, ...], kernel: int = 3,
-              bias: bool = True) -> tuple[list[nn.Module], int, int]:
-    """The conv D's strided convs (padding 1; strides 2, 2, 2 and, with a 4th width, 1) with LeakyReLU:
-    the layers, then the map size and channels after them."""
+              bias: bool = True, batchnorm: bool = False) -> tuple[list[nn.Module], int, int]:
+    """The conv D's strided convs (padding 1; strides 2, 2, 2 and, with a 4th width, 1) with LeakyReLU
+    (and batch norm after all but the first, if asked): the layers, then the map size and channels after them."""
     layers: list[nn.Module] = []
     size, c_in = image_size, channels
-    for w, stride in zip(widths, (2, 2, 2, 1)):
-        layers += [nn.Conv2d(c_in, w, kernel, stride=stride, padding=1, bias=bias), nn.LeakyReLU(0.2)]
+    for i, (w, stride) in enumerate(zip(widths, (2, 2, 2, 1))):
+        layers.append(nn.Conv2d(c_in, w, kernel, stride=stride, padding=1, bias=bias))
+        layers += [nn.BatchNorm2d(w)] if batchnorm and i > 0 else []
+        layers.append(nn.LeakyReLU(0.2))
         size, c_in = conv_out(size, kernel, stride, 1), w
     return layers, size, c_in
 
@@ -64,15 +66,15 @@ def conv_body(image_size: int, channels: int, widths: tuple[int, ...], kernel: i
 class ConvDiscriminator(nn.Module):
     """The paper's 5-layer reading: 4 strided 3x3 convs with LeakyReLU, then a 5th conv over the map -> logit.
 
-    kernel, bias, init and 3 widths instead of 4 exist for the ablation against Radford et al.'s
-    D (docs/design.md); the defaults are the paper's reading.
+    kernel, bias, init, batch norm and 3 widths instead of 4 exist for the ablation against Radford
+    et al.'s D (docs/design.md); the defaults are the paper's reading.
     """
 
     def __init__(self, image_size: int = 28, channels: int = 1,
                  widths: tuple[int, ...] = (64, 128, 256, 512), kernel: int = 3, bias: bool = True,
-                 init: str = "torch"):
+                 init: str = "torch", batchnorm: bool = False):
         super().__init__()
-        layers, size, c_in = conv_body(image_size, channels, widths, kernel, bias)
+        layers, size, c_in = conv_body(image_size, channels, widths, kernel, bias, batchnorm)
         layers.append(nn.Conv2d(c_in, 1, size, bias=bias))  # 5th conv covers the whole remaining map
         self.net = nn.Sequential(*layers)
         if init == "dcgan":

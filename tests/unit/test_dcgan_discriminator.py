@@ -142,6 +142,12 @@ def test_conv_d_ablation_knobs():
     assert _convs(init)[0].weight.std().item() == pytest.approx(0.02, rel=0.15)
     with pytest.raises(ConfigError, match="model.d_kernel"):
         load_config(None, [*base, "model.d_kernel=5"])
+    bn_cfg = load_config(None, [*base, "model.conv_batchnorm=true"])
+    bn = build_discriminator(bn_cfg)
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in bn.modules()) == 3  # after every conv but the first
+    assert separate_batches(bn_cfg, bn)  # auto: real and fake forwarded apart
+    with pytest.raises(ConfigError, match="mix real and generated images in the conv D's batch norm"):
+        load_config(None, [*base, "model.conv_batchnorm=true", "train.d_batches=joint"])
 
 
 def test_model_hash_ignores_new_keys_at_their_defaults_only():
