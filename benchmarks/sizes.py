@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -84,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     tmp.unlink(missing_ok=True)
     text = table(results)
     print("\n" + text)
-    Path(args.json).write_text(json.dumps({"args": vars(args), "results": results}, indent=1))
+    recorded = {k: (os.path.relpath(v, REPO) if k in ("json", "out") else v) for k, v in vars(args).items()}
+    Path(args.json).write_text(json.dumps({"args": recorded, "results": results}, indent=1))  # no machine paths
     if not args.no_write:
         cmd = "python benchmarks/sizes.py " + " ".join(argv if argv is not None else sys.argv[1:])
         with Path(args.out).open("a") as f:
