@@ -16,7 +16,9 @@ Sections, most important first, each under its own time budget so a slow one can
      eager and captured whole), CapsuleGAN and DCGAN, fp32 and bf16; and the loader (`data`)
   5. target "D step at batch 1024, bf16, >= 250k img/s": benchmarks/step.py d, d_ref, d_einsum,
      without and with torch.compile
-  6. the step grid: d, d_ref, d_einsum, g, gan, dcgan, loop x batch 32/256/1024 x fp32/bf16
+  6. larger images: the capsule D (conv1 strided, bounded primary grid), the paper's conv D and
+     Radford et al.'s DCGAN D, D step at 64 and 128 px (RGB), batch 256, bf16
+  7. the step grid: d, d_ref, d_einsum, g, gan, dcgan, loop x batch 32/256/1024 x fp32/bf16
 """
 
 from __future__ import annotations
@@ -233,6 +235,12 @@ def main() -> None:
         step_py(["--cases", "d", "d_einsum", "--batches", "1024", "--dtypes", "bf16", "--compile", "on",
                  "--no-memory"], "d1024_compile", 200)
 
+    def sizes():
+        for size in (64, 128):
+            step_py(["--cases", "d", "d_conv", "d_dcgan", "--batches", "256", "--dtypes", "bf16", "--no-memory",
+                     "--set", f"data.image_size={size}", "data.channels=3"], f"d_{size}px", 80,
+                    ["--cases", "d", "d_conv", "--set", f"data.image_size={size}", "data.channels=3"])
+
     def grid():
         left = BUDGET_S - (time.perf_counter() - T_START)
         step_py(["--batches", "32", "256", "1024", "--dtypes", "fp32", "bf16", "--repeats", "10"], "step_grid",
@@ -244,7 +252,8 @@ def main() -> None:
     run_section("4. The loop's iteration at batch 32 (16+16, then G): eager vs CUDA graphs; the loader", 90,
                 iteration_time)
     run_section("5. D step at batch 1024, bf16 (target >= 250k img/s)", 150, d_step_1024)
-    run_section("6. Step grid", 120, grid)
+    run_section("6. Larger images: D steps at 64 and 128 px", 100, sizes)
+    run_section("7. Step grid", 120, grid)
     say(f"\ntotal {time.perf_counter() - T_START:.0f} s")
 
 

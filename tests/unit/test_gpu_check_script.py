@@ -40,3 +40,13 @@ def test_uses_python3_where_python_is_absent(tmp_path):
     proc = _run(tmp_path / "out", PATH=path)
     assert proc.returncode == 0, proc.stderr[-2000:] + proc.stdout[-2000:]
     assert (tmp_path / "out" / "gpu_check.md").is_file()
+
+
+def test_larger_image_section_times_the_capsule_and_conv_d_at_64_and_128_px(tmp_path):
+    proc = _run(tmp_path / "out", PYTHON=sys.executable, GPU_CHECK_ONLY="6")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = (tmp_path / "out" / "gpu_check.md").read_text()
+    assert "### 6. Larger images" in report
+    for size in (64, 128):
+        assert f"--set data.image_size={size} data.channels=3" in report
+    assert report.count("| d_conv | 4 |") == 2  # one table per size, both cases timed
