@@ -42,7 +42,8 @@ def test_compare_reports_four_generator_discriminator_pairings(tmp_path: Path, m
         assert [r["step"] for r in v["rows"]] == [10] and v["rows"][0]["fid"] > 0, name
         assert len(v["wall_s_seeds"]) == 1
     table = (out / "table.md").read_text()
-    for name in MODELS:
-        assert f"| {name} | 10 |" in table
+    for name in MODELS:  # each row names its discriminator
+        assert f"| {name} | {agg['variants'][name]['d']} | 10 |" in table
+    assert agg["variants"]["capsg_convd"]["d"].startswith("conv (paper's reading)")
     with Image.open(out / "grid_step_0000010.png") as im:  # four sample grids side by side
         assert im.size[0] > 3 * im.size[1]
