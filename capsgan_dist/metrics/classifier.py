@@ -55,13 +55,7 @@ def labelled_split(root: Path, holdout: int, seed: int, size: int | None = None,
     root = Path(root)
     if root.is_dir() and not any(root.glob("*-images-idx3-ubyte*")):  # a folder of images
         images, labels, name = _folder_labelled(root, size, channels)
-        if not 0 < holdout < len(images):
-            raise UserError(f"--holdout {holdout} must be between 1 and {len(images) - 1} ({root} has "
-                            f"{len(images)} images)")
-        train, test = holdout_indices(len(images), holdout, seed)
-        info = {"split": f"{name}: seeded random {len(train)} train / {holdout} held out (seed {seed})",
-                "n_train": len(train), "n_test": holdout, "fingerprints": [fingerprint(images)]}
-        return images[train], labels[train], images[test], labels[test], info
+        return _held_out(images, labels, holdout, seed, name, f"{root} has {len(images)} images")
     try:
         test_x, test_y, _ = load_idx_labeled(root, "test")
         train_x, train_y, _ = load_idx_labeled(root, "train")
@@ -71,11 +65,17 @@ def labelled_split(root: Path, holdout: int, seed: int, size: int | None = None,
     except DataError:
         pass
     images, labels, name = load_idx_labeled(root, "auto")
+    return _held_out(images, labels, holdout, seed, f"{name} only",
+                     f"{root} has one split, {name}, of {len(images)} images")
+
+
+def _held_out(images: torch.Tensor, labels: torch.Tensor, holdout: int, seed: int, name: str,
+              what: str) -> tuple[torch.Tensor, ...]:
+    """A seeded random `holdout` of one labelled set: (train_x, train_y, test_x, test_y, info)."""
     if not 0 < holdout < len(images):
-        raise UserError(f"--holdout {holdout} must be between 1 and {len(images) - 1} "
-                        f"({root} has one split, {name}, of {len(images)} images)")
+        raise UserError(f"--holdout {holdout} must be between 1 and {len(images) - 1} ({what})")
     train, test = holdout_indices(len(images), holdout, seed)
-    info = {"split": f"{name} only: seeded random {len(train)} train / {holdout} held out (seed {seed})",
+    info = {"split": f"{name}: seeded random {len(train)} train / {holdout} held out (seed {seed})",
             "n_train": len(train), "n_test": holdout, "fingerprints": [fingerprint(images)]}
     return images[train], labels[train], images[test], labels[test], info
 
