@@ -154,3 +154,18 @@ def test_run_name_carries_the_model_overrides_in_short_form():
         "debug-routing=em-generator=capsule"
     assert run_name("debug", ["model.d_widths=[8, 16,32]"]) == "debug-d_widths=8x16x32"
     assert run_name("debug", ["train.steps=5"]) == "debug"
+
+
+def test_help_shows_each_options_default():
+    from capsgan_dist.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices
+    train_clf = next(a for a in sub["classifier"]._actions if a.dest == "action").choices["train"]
+    text = " ".join(train_clf.format_help().split())
+    for option, default in (("--epochs", "5"), ("--batch", "64"), ("--lr", "0.001"), ("--seed", "0")):
+        assert f"{option} {option.upper()[2:]}" in text and f"(default: {default})" in text, option
+    assert "--out OUT output .safetensors (a .json goes beside it)" in text  # no default: nothing added
+    sample = " ".join(sub["sample"].format_help().split())
+    assert "--n N number of images (default: 64)" in sample
+    assert "(default: None)" not in text + sample and "(default: False)" not in text + sample

@@ -42,3 +42,15 @@ def test_generators_make_images_of_every_size(size, generator):
     G = build_generator(load_config(None, [f"data.image_size={size}", "data.channels=3",
                                            f"model.generator={generator}"]))
     assert G(torch.randn(2, 100)).shape == (2, 3, size, size)
+
+
+@pytest.mark.parametrize("size", [64, 128])
+@pytest.mark.parametrize("routing", ["em", "attention"])
+def test_every_routing_kind_works_at_larger_sizes(size, routing):
+    extra = ["model.primary_dim=16"] if routing == "em" else []
+    D = build_discriminator(load_config(None, [f"data.image_size={size}", "data.channels=3",
+                                               f"model.routing={routing}", *extra]))
+    assert D.n_in <= 32 * 12 * 12  # the same bounded grid as dynamic routing
+    logits = D(torch.rand(2, 3, size, size) * 2 - 1)
+    logits.sum().backward()
+    assert logits.shape == (2,) and all(p.grad is not None for p in D.parameters())
