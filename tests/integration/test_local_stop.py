@@ -18,6 +18,12 @@ from capsgan_dist.checkpoint import list_checkpoints, verify
 pytestmark = pytest.mark.slow
 
 
+def _interruptible() -> None:
+    """As from a terminal: SIGINT at its default. A test run in the background inherits it ignored, and a
+    shell cannot trap a signal that was ignored when it started."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _stop_launch(tmp_path: Path, send) -> tuple[int, str, Path]:
     """Start a 2-process launch, `send(proc)` once it is training; its exit code, output and run folder."""
     run = tmp_path / "run"
@@ -25,7 +31,8 @@ def _stop_launch(tmp_path: Path, send) -> tuple[int, str, Path]:
                              "train.steps=100000", "train.log_every=5", "train.progress=false",
                              "tracking.backend=local", f"train.run_dir={run}"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
-                            env=cli_env(PYTHON=sys.executable), start_new_session=True)
+                            env=cli_env(PYTHON=sys.executable), start_new_session=True,
+                            preexec_fn=_interruptible)
     try:
         deadline = time.monotonic() + 240
         metrics = run / "metrics.jsonl"

@@ -19,8 +19,8 @@ def test_preset_pairs_each_generator_with_each_discriminator():
     assert cc.seeds == [0, 1, 2] and cc.steps >= 3000 and not cc.routing_ablation
     cfgs = {name: _train_config(cc, ovs, 0, Path("run")) for name, ovs in cc.models.items()}
     pairs = {name: (c.model.generator, c.model.discriminator) for name, c in cfgs.items()}
-    assert pairs == {"dcgan": ("dcgan", "conv"), "capsgan": ("dcgan", "capsule"),
-                     "capsg_capsd": ("capsule", "capsule"), "capsg_convd": ("capsule", "conv")}
+    assert pairs == {"dcgan": ("dcgan", "dcgan"), "capsgan": ("dcgan", "capsule"),  # the DCGAN D: the baseline
+                     "capsg_capsd": ("capsule", "capsule"), "capsg_convd": ("capsule", "dcgan")}
     assert isinstance(build_generator(cfgs["capsg_convd"]), CapsuleGenerator)
     # Apart from those two keys the four runs are configured identically (data, schedule, seed, eval).
     plain = []
