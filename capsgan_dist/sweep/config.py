@@ -106,6 +106,10 @@ class SweepConfig:
     """Retries of a crashing trial (from its newest checkpoint) before it is reported as failed."""
     resume_errored: bool = False
     """On resume, also retry trials that had failed for good (e.g. after fixing the cause)."""
+    trial_output: bool = False
+    """Show each trial's own output on the console (Ray's log_to_driver). Off: the console holds Tune's
+    progress and the sweep's summary; trials' output stays in Ray's worker logs (sweeps/<name>/ray/),
+    including the exit noise of trial processes that Ray ends with SIGTERM."""
     num_cpus: Optional[int] = None
     """CPUs of the embedded Ray instance (default: all); ignored with --address."""
     search_seed: int = 0

@@ -139,13 +139,16 @@ def init_ray(sweep: SweepConfig, sweep_dir: Path, address: str | None) -> None:
         env = {k: os.environ[k] for k in PASS_ENV if k in os.environ}
         env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_root, os.environ.get("PYTHONPATH")) if p)
         try:
-            ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True)
+            ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=sweep.trial_output)
         except (ConnectionError, ValueError, RuntimeError) as e:
             raise UserError(f"--address {address}: cannot join a Ray cluster there ({str(e).splitlines()[0]}); "
                             "start one with `ray start --head`, or drop --address to run Ray here") from None
     else:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        ray.init(num_cpus=sweep.num_cpus, include_dashboard=False, _temp_dir=str(_ray_temp_dir(sweep_dir)))
+        # A trial process that Ray ends with SIGTERM can print a traceback from Ray's own handler
+        # ("SystemExit: 1" when the signal lands in a finalizer): not on the console unless asked for.
+        ray.init(num_cpus=sweep.num_cpus, include_dashboard=False, _temp_dir=str(_ray_temp_dir(sweep_dir)),
+                 log_to_driver=sweep.trial_output)
 
 
 def _check_resume(sweep_dir: Path, record: dict) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -302,3 +303,18 @@ def test_routing_kind_is_a_searchable_choice_checked_before_ray(tmp_path):
     fits = load_sweep_config(sweep_file(tmp_path, overrides=["model.primary_dim=16", "model.caps_dim=16"]), kinds)
     base = resolve_base(fits)
     assert [trial_config(base, {"model.routing": k}).model.routing for k in ROUTINGS] == list(ROUTINGS)
+
+
+@pytest.mark.parametrize("trial_output", [False, True])
+def test_trials_output_reaches_the_console_only_when_asked(tmp_path, monkeypatch, trial_output):
+    """trial_output is Ray's log_to_driver, for an embedded Ray and for a cluster alike."""
+    import ray
+
+    from capsgan_dist.sweep.run import init_ray
+
+    seen = []
+    monkeypatch.setattr(ray, "init", lambda **kwargs: seen.append(kwargs))
+    sweep = dataclasses.replace(load_sweep_config(REPO / "configs" / "sweep_debug.yaml"), trial_output=trial_output)
+    init_ray(sweep, tmp_path, None)
+    init_ray(sweep, tmp_path, "127.0.0.1:6379")
+    assert [k["log_to_driver"] for k in seen] == [trial_output, trial_output]
