@@ -132,11 +132,10 @@ def prepare(cfg: DataConfig, log=None, force: bool = False) -> Cache:
     """The valid cache of `cfg`, prepared first if there is none (or the source changed, or `force`)."""
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     path = cache_path(cfg)
-    fingerprint(cfg)  # the source exists and has images, or one DataError now
+    files = fingerprint(cfg)  # the source exists and has images, or one DataError before anything is written
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.parent / f"{path.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one prepares; the others wait here, then find it valid
-        files = fingerprint(cfg)
         manifest, why = _status(path, cfg, files)
         if manifest is not None and not force:
             return open_cache(path)
