@@ -233,10 +233,10 @@ def d_label(m: ModelConfig) -> str:
         return f"capsule ({m.routing})" if m.routing != "dynamic" else "capsule"
     if m.discriminator == "dcgan":
         return "dcgan (Radford et al.)" + ("" if m.d_batchnorm else ", no batch norm")
-    knobs = [f"{k}={str(getattr(m, k)).lower()}" for k, default in (("d_kernel", 3), ("d_bias", True),
-                                                                     ("d_init", "torch"), ("conv_batchnorm", False))
-             if getattr(m, k) != default]
-    if list(m.d_widths) != [64, 128, 256, 512]:
+    defaults = ModelConfig()  # the paper's reading: any conv-D knob off its default is named
+    knobs = [f"{k}={str(getattr(m, k)).lower()}" for k in ("d_kernel", "d_bias", "d_init", "conv_batchnorm")
+             if getattr(m, k) != getattr(defaults, k)]
+    if list(m.d_widths) != list(defaults.d_widths):
         knobs.append("d_widths=" + "-".join(map(str, m.d_widths)))
     return "conv (paper's reading)" + "".join(f", {k}" for k in knobs)
 
