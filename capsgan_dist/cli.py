@@ -103,7 +103,8 @@ def _classifier_train(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from capsgan_dist.metrics.evaluate import evaluate_run
 
-    report = evaluate_run(Path(args.run), args.n, args.classifier, args.all)
+    report = evaluate_run(Path(args.run), args.n, args.classifier, args.all,
+                          inception_weights=args.inception_weights)
     for row in report["checkpoints"]:
         print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
     print(f"wrote {Path(args.run) / 'eval.json'}")
@@ -215,7 +216,11 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="FID/KID/IS/precision/recall of a run's checkpoints -> eval.json")
     e.add_argument("--run", required=True, help="run folder")
     e.add_argument("--n", type=int, default=None, help="generated images (default: the run's eval.n, 10000)")
-    e.add_argument("--classifier", default=None, help="classifier file (default: the run's eval.classifier)")
+    features = e.add_mutually_exclusive_group()
+    features.add_argument("--classifier", default=None, help="classifier file (default: the run's eval.classifier)")
+    features.add_argument("--inception-weights", default=None, metavar="FILE",
+                          help="score in the FID Inception-v3's features instead (published FIDs' space): "
+                               "torch-fidelity's or pytorch-fid's .pth; never downloaded; needs torch-fidelity")
     e.add_argument("--all", action="store_true", help="every checkpoint, not only the newest")
     e.set_defaults(fn=_eval)
 

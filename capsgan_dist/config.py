@@ -383,6 +383,9 @@ class EvalConfig:
     """Generated images per evaluation (split over ranks, gathered on the main process)."""
     classifier: Optional[str] = None
     """Classifier file from `capsgan classifier train` whose feature space FID/KID/IS/PR use."""
+    inception_weights: Optional[str] = None
+    """Instead of a classifier: the FID Inception-v3 weights file (torch-fidelity's or pytorch-fid's
+    .pth, never downloaded), the feature space of published FIDs. Needs torch-fidelity."""
     metrics: list[str] = field(default_factory=lambda: ["fid", "kid", "is", "pr"])
     """Metrics by registered name (capsgan_dist.metrics): fid | kid | is | pr."""
     batch: int = 500
@@ -398,11 +401,19 @@ class EvalConfig:
         for name in ("n", "batch", "kid_subsets", "kid_subset_size", "pr_k"):
             _positive("eval", name, getattr(self, name), 1, strict=False)
         _positive("eval", "every", self.every, 0, strict=False)
+        if self.classifier and self.inception_weights:
+            raise ConfigError("eval.classifier and eval.inception_weights both name a feature network; "
+                              "set one of them to null")
         if self.n <= max(1, self.pr_k):
             raise ConfigError(f"eval.n={self.n} is too small: FID needs 2 images and precision/recall more "
                               f"than eval.pr_k={self.pr_k}; use eval.n>={max(2, self.pr_k + 1)}")
         for m in self.metrics:
             _choice("eval", "metrics", m, METRIC_NAMES)
+
+    @property
+    def feature_network(self) -> Optional[str]:
+        """The file whose features the metrics use (classifier or Inception), None if neither is set."""
+        return self.classifier or self.inception_weights
 
 
 @dataclass(frozen=True)
@@ -444,8 +455,9 @@ class Config:
     def __post_init__(self) -> None:
         _choice("", "resume", self.resume, ("none", "auto"))
         semisup = self.data.labels_per_class > 0
-        if self.eval.every and not (self.eval.classifier or semisup):  # semi-supervised runs score D alone
-            raise ConfigError("eval.every>0 needs eval.classifier=<file from `capsgan classifier train`>")
+        if self.eval.every and not (self.eval.feature_network or semisup):  # semi-supervised runs score D alone
+            raise ConfigError("eval.every>0 needs eval.classifier=<file from `capsgan classifier train`> "
+                              "(or eval.inception_weights=<FID Inception .pth>)")
         if self.loss.generator == "feature_matching" and not semisup:
             raise ConfigError("loss.generator=feature_matching is a semi-supervised option; set "
                               "data.labels_per_class=N or choose loss.generator=nonsaturating")

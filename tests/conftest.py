@@ -85,3 +85,26 @@ def mnist_classifier(mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
                     "--epochs", "1", "--holdout", "2000", timeout=300)
         _CLASSIFIER["path"] = out
     return _CLASSIFIER["path"]
+
+
+@pytest.fixture(scope="session")
+def fid_inception_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A file laid out like the FID Inception-v3 weights (random weights, so no real file is needed).
+
+    Batch-norm statistics are taken from one batch of noise so activations stay finite, and the
+    batch counters are dropped, as in files saved by older torch versions.
+    """
+    import torch
+    import torchvision
+
+    torch.manual_seed(0)
+    net = torchvision.models.inception_v3(weights=None, aux_logits=False, num_classes=1008, init_weights=True)
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = 1.0  # running statistics := this batch's
+    with torch.no_grad():
+        net.train()(torch.rand(4, 3, 299, 299) * 2 - 1)
+    state = {k: v for k, v in net.state_dict().items() if not k.endswith("num_batches_tracked")}
+    path = tmp_path_factory.mktemp("inception") / "pt_inception-random.pth"
+    torch.save(state, path)
+    return path

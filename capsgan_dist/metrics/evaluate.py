@@ -65,27 +65,41 @@ def generate(G: nn.Module, z: torch.Tensor, batch: int) -> torch.Tensor:
     return out
 
 
-def _suite(classifier_path: str | Path, cfg: Config, settings: EvalConfig,
-           device: torch.device) -> tuple[MetricSuite, dict]:
-    """Metrics against the run's real data, and the classifier's metadata (+ whether it fits the data)."""
-    clf, meta = load_classifier(classifier_path)
+def _suite(settings: EvalConfig, cfg: Config, device: torch.device) -> tuple[MetricSuite, dict]:
+    """Metrics against the run's real data in `settings`' feature network, and that network's metadata
+    (+ whether a classifier was trained on the run's data; None for Inception, trained on ImageNet)."""
     images = load_images(cfg.data)  # uint8
-    meta = {**meta, "matches_run_data": check_classifier(meta, cfg, classifier_path, images)}
-    suite = MetricSuite(clf.to(device), settings, seed=cfg.seed)
+    if settings.inception_weights:
+        from capsgan_dist.metrics.inception import load_inception
+
+        net, meta = load_inception(settings.inception_weights)
+        meta = {**meta, "matches_run_data": None}
+    else:
+        net, meta = load_classifier(settings.classifier)
+        meta = {**meta, "matches_run_data": check_classifier(meta, cfg, settings.classifier, images)}
+    suite = MetricSuite(net.to(device), settings, seed=cfg.seed)
     suite.set_real(images.float().div(127.5).sub(1.0))
     return suite, meta
 
 
 def evaluate_run(run_dir: Path, n: int | None = None, classifier: str | None = None,
-                 all_checkpoints: bool = False, out: Path | None = None) -> dict:
-    """Metrics of the newest (or every) valid checkpoint of a run; writes `<run>/eval.json`."""
+                 all_checkpoints: bool = False, out: Path | None = None,
+                 inception_weights: str | None = None) -> dict:
+    """Metrics of the newest (or every) valid checkpoint of a run; writes `<run>/eval.json`.
+
+    `classifier` or `inception_weights` (at most one) replaces the run's own eval feature network."""
     run_dir = Path(run_dir)
     cfg = run_config(run_dir)
-    clf_path = classifier or cfg.eval.classifier
-    if not clf_path:
-        raise UserError("no classifier: pass --classifier PATH (from `capsgan classifier train`) "
-                        "or set eval.classifier in the run's config")
-    settings = dataclasses.replace(cfg.eval, n=n or cfg.eval.n)
+    if classifier and inception_weights:
+        raise UserError("pass --classifier or --inception-weights, not both")
+    if classifier or inception_weights:
+        settings = dataclasses.replace(cfg.eval, classifier=classifier, inception_weights=inception_weights)
+    else:
+        settings = cfg.eval
+    if not settings.feature_network:
+        raise UserError("no classifier: pass --classifier PATH (from `capsgan classifier train`) or "
+                        "--inception-weights FILE, or set eval.classifier in the run's config")
+    settings = dataclasses.replace(settings, n=n or settings.n)
     paths = checkpoint.list_checkpoints(run_dir / "checkpoints")
     if not all_checkpoints:
         found = checkpoint.latest_valid(run_dir / "checkpoints")
@@ -93,7 +107,7 @@ def evaluate_run(run_dir: Path, n: int | None = None, classifier: str | None = N
     if not paths:
         raise CheckpointError(f"no valid checkpoint in {run_dir / 'checkpoints'}")
     t0 = time.perf_counter()
-    suite, meta = _suite(clf_path, cfg, settings, torch.device("cpu"))
+    suite, meta = _suite(settings, cfg, torch.device("cpu"))
     z = noise(settings.n, cfg.model.latent_dim, torch.device("cpu"), cfg.seed, _EVAL_NOISE)
     results = []
     for path in paths:
@@ -105,7 +119,7 @@ def evaluate_run(run_dir: Path, n: int | None = None, classifier: str | None = N
         check_model(cfg, path, manifest)
         scores = suite.score(generate(generator_at(cfg, path), z, settings.batch))
         results.append({"step": int(manifest["step"]), "checkpoint": str(path), **scores})
-    report = {"run": str(run_dir), "classifier": str(clf_path), "classifier_arch": meta["arch"],
+    report = {"run": str(run_dir), "classifier": str(settings.feature_network), "classifier_arch": meta["arch"],
               "classifier_dataset": meta["dataset"]["root"], "classifier_accuracy": meta["accuracy"],
               "classifier_trained_on_run_data": meta["matches_run_data"],
               "data": dataclasses.asdict(cfg.data),
@@ -121,12 +135,12 @@ class LoopEval:
 
     def __init__(self, cfg: Config, dist) -> None:
         # No classifier: nothing to score here (a semi-supervised run still evaluates its D).
-        self.cfg, self.dist, self.every = cfg, dist, cfg.eval.every if cfg.eval.classifier else 0
+        self.cfg, self.dist, self.every = cfg, dist, cfg.eval.every if cfg.eval.feature_network else 0
         if not self.every:
             return
         per_rank = math.ceil(cfg.eval.n / dist.world)
         self.z = noise(per_rank, cfg.model.latent_dim, dist.device, cfg.seed, dist.rank, _EVAL_NOISE)
-        self.suite = _suite(cfg.eval.classifier, cfg, cfg.eval, dist.device)[0] if dist.is_main else None
+        self.suite = _suite(cfg.eval, cfg, dist.device)[0] if dist.is_main else None
 
     def __call__(self, G: nn.Module, step: int, tracker) -> None:
         """Score G at `step` if an evaluation is due (every rank must call this)."""

@@ -22,7 +22,7 @@ from capsgan_dist.errors import ConfigError
 DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform")
 SCHEDULERS = ("asha", "pbt", "fifo")
 
-# `metric: auto` ranks trials by the classifier FID when the trials evaluate (eval.classifier set),
+# `metric: auto` ranks trials by FID when the trials evaluate (eval.classifier or eval.inception_weights set),
 # else by this named training-health proxy (see docs/sweeps.md).
 AUTO_METRIC = "auto"
 FID_METRIC = "eval/fid"
@@ -89,8 +89,8 @@ class SweepConfig:
     trials: int = 8
     """Samples drawn from the space (each `grid` key multiplies this)."""
     metric: str = AUTO_METRIC
-    """Reported key to optimise. auto: `eval/fid` (the classifier FID, lower is better) when the trials'
-    training config sets eval.classifier, else the proxy `proxy_d_gap`; or any logged key by name."""
+    """Reported key to optimise. auto: `eval/fid` (lower is better) when the trials' training config sets
+    eval.classifier (or eval.inception_weights), else the proxy `proxy_d_gap`; or any logged key by name."""
     mode: str = "min"
     """min | max: whether lower or higher `metric` is better (auto: min)."""
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
@@ -226,19 +226,21 @@ def resolve_metric(sweep: SweepConfig, base: dict) -> SweepConfig:
         if sweep.mode != "min":
             raise ConfigError("metric=auto ranks by FID or proxy_d_gap, both lower-is-better: drop mode=max "
                               "or name the metric")
-        metric = FID_METRIC if ev["classifier"] else PROXY_METRIC
+        metric = FID_METRIC if ev["classifier"] or ev["inception_weights"] else PROXY_METRIC
     if metric in (TEST_ERROR_METRIC, "eval/test_acc"):  # scored by D itself: no classifier needed
         if not base["data"]["labels_per_class"] or not ev["every"]:
             raise ConfigError(f"metric {metric} needs semi-supervised trials that evaluate: add "
                               "data.labels_per_class=N and eval.every=N to the sweep's overrides")
     elif metric.startswith("eval/"):
-        if not ev["classifier"] or not ev["every"]:
+        if not (ev["classifier"] or ev["inception_weights"]) or not ev["every"]:
             raise ConfigError(f"metric {metric} needs the trials to evaluate: add eval.classifier=FILE (from "
                               "`capsgan classifier train`) and eval.every=N to the sweep's overrides")
-        clf = Path(ev["classifier"])
-        if not clf.is_file():
-            raise ConfigError(f"eval.classifier {clf} not found: train one with `capsgan classifier train "
-                              "--data DIR --arch lenet --out PATH`, or set eval.classifier=null to rank by "
+        key, path = ("classifier", ev["classifier"]) if ev["classifier"] else ("inception_weights",
+                                                                              ev["inception_weights"])
+        if not Path(path).is_file():
+            fix = ("train one with `capsgan classifier train --data DIR --arch lenet --out PATH`"
+                   if key == "classifier" else "give the FID Inception-v3 .pth you have")
+            raise ConfigError(f"eval.{key} {path} not found: {fix}, or set eval.{key}=null to rank by "
                               f"{PROXY_METRIC}")
     return dataclasses.replace(sweep, metric=metric)
 

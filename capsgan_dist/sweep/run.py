@@ -58,10 +58,11 @@ def resolve_base(sweep: SweepConfig) -> dict:
     """The base training config as a dict, checked against every value the space can take."""
     cfg = load_config(sweep.base, sweep.overrides)
     # Trials run in other folders (and on other nodes): relative paths are made absolute here.
-    root, clf = (str(Path(p).resolve()) if p else p for p in (cfg.data.root, cfg.eval.classifier))
+    root, clf, inception = (str(Path(p).resolve()) if p else p
+                            for p in (cfg.data.root, cfg.eval.classifier, cfg.eval.inception_weights))
     cache_dir = str(Path(cfg.data.cache_dir).resolve())  # one prepared cache that every trial shares
-    cfg = replace(cfg, data={"root": root, "cache_dir": cache_dir}, eval={"classifier": clf},
-                  tracking={"group": sweep.name})
+    cfg = replace(cfg, data={"root": root, "cache_dir": cache_dir},
+                  eval={"classifier": clf, "inception_weights": inception}, tracking={"group": sweep.name})
     base = to_dict(cfg)
     for key, spec in sweep.searched.items():
         for value in spec_values_to_check(spec):

@@ -115,12 +115,19 @@ def test_auto_metric_is_fid_when_trials_evaluate_else_the_named_proxy(tmp_path, 
     named = load_sweep_config(sweep_file(tmp_path, metric="loss_g", overrides=["eval.every=10",
                                                                              "eval.classifier=clf.safetensors"]))
     assert resolve_metric(named, resolve_base(named)).metric == "loss_g"  # an explicit metric is kept
+    (tmp_path / "inception.pth").write_bytes(b"")
+    inception = load_sweep_config(sweep_file(tmp_path, overrides=["eval.every=10",
+                                                                  "eval.inception_weights=inception.pth"]))
+    base = resolve_base(inception)
+    assert base["eval"]["inception_weights"] == str(tmp_path / "inception.pth")
+    assert resolve_metric(inception, base).metric == FID_METRIC
 
 
 @pytest.mark.parametrize("fields, match", [
     ({"overrides": ["eval.classifier=clf.safetensors"]}, "needs the trials to evaluate.*eval.every=N"),
     ({"metric": "eval/fid"}, "needs the trials to evaluate: add eval.classifier"),
     ({"overrides": ["eval.every=10", "eval.classifier=missing.safetensors"]}, "missing.safetensors not found"),
+    ({"overrides": ["eval.every=10", "eval.inception_weights=gone.pth"]}, "inception_weights .*gone.pth not found"),
     ({"mode": "max"}, "metric=auto ranks by FID or proxy_d_gap"),
 ])
 def test_a_fid_sweep_that_cannot_compute_fid_fails_before_ray(tmp_path, monkeypatch, fields, match):
