@@ -230,7 +230,8 @@ def cpu_curve(run_dir: Path) -> dict[int, float]:
 def d_label(m: ModelConfig) -> str:
     """Which discriminator a row used, for the tables: the kind, and any ablation knob off its default."""
     if m.discriminator == "capsule":
-        return f"capsule ({m.routing})" if m.routing != "dynamic" else "capsule"
+        name = f"capsule ({m.routing})" if m.routing != "dynamic" else "capsule"
+        return name + (f", d_init={m.d_init}" if m.d_init != ModelConfig().d_init else "")
     if m.discriminator == "dcgan":
         return "dcgan (Radford et al.)" + ("" if m.d_batchnorm else ", no batch norm")
     defaults = ModelConfig()  # the paper's reading: any conv-D knob off its default is named

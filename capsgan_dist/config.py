@@ -171,7 +171,8 @@ class ModelConfig:
     d_bias: bool = True
     """conv D: biases in its convs (Radford et al.'s D has none)."""
     d_init: str = "torch"
-    """conv D: init, torch (PyTorch's default) | dcgan (N(0, 0.02) weights, zero biases)."""
+    """conv D and capsule D: init, torch (PyTorch's default) | dcgan (N(0, 0.02) conv and dense weights,
+    zero biases; the capsule D's routing matrices keep their own init)."""
     conv_batchnorm: bool = False
     """conv D: batch norm after every conv but the first (its real and generated images forwarded apart)."""
     d_base_width: int = 64

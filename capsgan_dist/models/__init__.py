@@ -47,10 +47,13 @@ def build_discriminator(cfg: Config) -> nn.Module:
         return ConvDiscriminator(d.image_size, d.channels, tuple(m.d_widths), m.d_kernel, m.d_bias, m.d_init,
                                  m.conv_batchnorm)
     stride = conv1_stride(d.image_size, m.conv1_kernel, m.primary_kernel, m.caps_max_grid)
-    return CapsuleDiscriminator(d.image_size, d.channels, m.conv1_channels, m.conv1_kernel,
-                                m.primary_kernel, m.primary_channels, m.primary_dim, m.n_caps,
-                                m.caps_dim, m.routing_iters, m.routing_grad, m.dense, cfg.perf.routing,
-                                m.routing, m.em_schedule, stride)
+    D = CapsuleDiscriminator(d.image_size, d.channels, m.conv1_channels, m.conv1_kernel,
+                             m.primary_kernel, m.primary_channels, m.primary_dim, m.n_caps,
+                             m.caps_dim, m.routing_iters, m.routing_grad, m.dense, cfg.perf.routing,
+                             m.routing, m.em_schedule, stride)
+    if m.d_init == "dcgan":  # the init that helped the conv D, on the capsule D's convs and dense head;
+        dcgan_init(D)        # the routing matrices keep their own scaled init (not conv or linear layers)
+    return D
 
 
 def count_params(model: nn.Module) -> int:

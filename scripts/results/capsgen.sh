@@ -1,6 +1,7 @@
 #!/bin/bash
 # The capsule-generator experiment (docs/design.md, "Capsule generator"): the four generator x
-# discriminator pairings of configs/compare_generators_mnist.yaml on the 10,000 MNIST digits,
+# discriminator pairings of configs/compare_generators_mnist.yaml (and the capsule D with the DCGAN
+# init) on the 10,000 MNIST digits,
 # 3 seeds x 3,000 steps each, FID every 250 steps. One single-threaded lane per core: seeds 0 and 1
 # at once, seed 2 on whichever core frees first, then the report of all three seeds (table.md,
 # fid.png, grid_step_*.png, compare.json in $OUT). Finished runs are skipped and stopped ones
@@ -29,7 +30,7 @@ if [ ! -f "$CLASSIFIER" ]; then
     --out "$CLASSIFIER"
 fi
 
-lane() {  # one seed, all four models, one after another
+lane() {  # one seed, every model, one after another
   /usr/bin/time -v "${CAP[@]}" compare "${ARGS[@]}" "seeds=[$1]" > "$OUT/lane_seed$1.log" 2>&1
 }
 

@@ -148,6 +148,7 @@ def test_each_row_names_its_discriminator():
         return d_label(load_config(None, list(ovs)).model)
 
     assert label() == "capsule" and label("model.routing=attention") == "capsule (attention)"
+    assert label("model.d_init=dcgan") == "capsule, d_init=dcgan"
     assert label("model.discriminator=dcgan") == "dcgan (Radford et al.)"
     assert label("model.discriminator=dcgan", "model.d_batchnorm=false") == "dcgan (Radford et al.), no batch norm"
     assert label("model.discriminator=conv") == "conv (paper's reading)"

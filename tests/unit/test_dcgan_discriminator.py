@@ -69,6 +69,20 @@ def test_generator_dcgan_init_option():
     assert last.weight.std().item() > 0.1  # the default stays Glorot-uniform
 
 
+def test_capsule_d_takes_the_dcgan_init_on_its_convs_and_dense_head_not_its_routing_matrices():
+    torch.manual_seed(0)
+    plain = build_discriminator(load_config(None, []))
+    torch.manual_seed(0)
+    D = build_discriminator(load_config(None, ["model.d_init=dcgan"]))
+    layers = [m for m in D.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    assert len(layers) == 4  # conv1, the primary-capsule conv, Dense(64), Dense(1)
+    for m in layers:
+        assert m.weight.std().item() == pytest.approx(0.02, rel=0.15), m
+        assert (m.bias == 0).all()
+    assert plain.conv1.weight.std().item() > 0.05  # PyTorch's default for a 9x9 conv over 1 channel: ~0.064
+    torch.testing.assert_close(D.caps.weight, plain.caps.weight)  # same draw, untouched
+
+
 def _bn_d(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     return DCGANDiscriminator(28, 1, base_width=8).train()
