@@ -46,7 +46,7 @@ def _train(args: argparse.Namespace) -> int:
     if summary["preempted"]:
         # Once, from rank 0, with what continues this launch: a launcher exports its own command
         # (CAPSGAN_RESUME_CMD with {run}); an empty one means the launcher says it itself.
-        resume = os.environ.get("CAPSGAN_RESUME_CMD", "capsgan train --resume {run}")
+        resume = os.environ.get("CAPSGAN_RESUME_CMD", _default_resume_command())
         if os.environ.get("RANK", "0") == "0" and resume:
             print(f"stopped at step {summary['step']} on a signal; checkpoint saved. Resume with: "
                   f"{resume.replace('{run}', summary['run_dir'])}", file=sys.stderr)
@@ -61,6 +61,17 @@ def _train(args: argparse.Namespace) -> int:
             line += f"; {summary['tracking_note']}"
         print(line)
     return 0
+
+
+def _default_resume_command() -> str:
+    """What continues a run stopped on a signal when no launcher said so: the same process count."""
+    world, local = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if world == 1:
+        return "capsgan train --resume {run}"
+    if world == local:  # one node (plain torchrun or accelerate launch)
+        return f"torchrun --standalone --nproc_per_node={world} -m capsgan_dist train --resume {{run}}"
+    return (f"on each of the {world // max(local, 1)} nodes, the same torchrun options as before with "
+            "-m capsgan_dist train --resume {run}")
 
 
 def _sample(args: argparse.Namespace) -> int:

@@ -174,7 +174,8 @@ def test_sigterm_to_torchrun_group_saves_checkpoint_and_resume_completes(tmp_pat
             os.killpg(proc.pid, signal.SIGKILL)
     stopped = re.findall(r"stopped at step (\d+) on a signal; checkpoint saved. Resume with: (.*)", out)
     assert len(stopped) == 1, out[-3000:]  # said once, by rank 0
-    assert stopped[0][1] == f"capsgan train --resume {run}"  # plain torchrun: no launcher command to give
+    # plain torchrun: no launcher command to give, so the same two processes under torchrun
+    assert stopped[0][1] == f"torchrun --standalone --nproc_per_node=2 -m capsgan_dist train --resume {run}"
     step = int(stopped[0][0])
     assert step < steps
     # torchrun itself exits 1 here (its own SignalException), not the workers' 75: see docs/reliability.md.
