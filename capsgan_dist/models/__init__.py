@@ -37,16 +37,16 @@ def build_discriminator(cfg: Config) -> nn.Module:
     m, d = cfg.model, cfg.data
     if d.labels_per_class and m.discriminator == "conv":
         return ConvClassDiscriminator(d.image_size, d.channels, tuple(m.d_widths), N_CLASSES)
+    stride = conv1_stride(d.image_size, m.conv1_kernel, m.primary_kernel, m.caps_max_grid)  # capsule Ds
     if d.labels_per_class:
         return CapsuleClassDiscriminator(d.image_size, d.channels, m.conv1_channels, m.conv1_kernel,
                                          m.primary_kernel, m.primary_channels, m.primary_dim, N_CLASSES,
-                                         m.caps_dim, m.routing_iters, m.routing_grad, cfg.perf.routing)
+                                         m.caps_dim, m.routing_iters, m.routing_grad, cfg.perf.routing, stride)
     if m.discriminator == "dcgan":
         return DCGANDiscriminator(d.image_size, d.channels, m.d_base_width, m.d_batchnorm)
     if m.discriminator == "conv":
         return ConvDiscriminator(d.image_size, d.channels, tuple(m.d_widths), m.d_kernel, m.d_bias, m.d_init,
                                  m.conv_batchnorm)
-    stride = conv1_stride(d.image_size, m.conv1_kernel, m.primary_kernel, m.caps_max_grid)
     D = CapsuleDiscriminator(d.image_size, d.channels, m.conv1_channels, m.conv1_kernel,
                              m.primary_kernel, m.primary_channels, m.primary_dim, m.n_caps,
                              m.caps_dim, m.routing_iters, m.routing_grad, m.dense, cfg.perf.routing,

@@ -16,8 +16,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from capsgan_dist.models.capsules import PrimaryCaps, RoutedCaps, capsule_lengths, conv_out
+from capsgan_dist.models.capsules import PrimaryCaps, RoutedCaps, capsule_lengths
 from capsgan_dist.models.discriminators import conv_body
+from capsgan_dist.shapes import primary_grid
 
 # |v| is clamped below 1 so logit(|v|) stays finite in fp32 (l_k <= ~13.8, a probability of 1 - 1e-6).
 _MAX_LENGTH = 1.0 - 1e-6
@@ -35,14 +36,15 @@ class CapsuleClassDiscriminator(nn.Module):
     def __init__(self, image_size: int = 28, channels: int = 1, conv1_channels: int = 256,
                  conv1_kernel: int = 9, primary_kernel: int = 7, primary_channels: int = 32,
                  primary_dim: int = 8, n_classes: int = 10, caps_dim: int = 16, routing_iters: int = 3,
-                 routing_grad: str = "all", routing_impl: str = "fused"):
+                 routing_grad: str = "all", routing_impl: str = "fused", conv1_stride: int = 1):
         super().__init__()
-        h2 = conv_out(conv_out(image_size, conv1_kernel), primary_kernel, stride=2)
+        h2 = primary_grid(image_size, conv1_kernel, primary_kernel, conv1_stride)
         if h2 < 1:
             raise ValueError(f"image size {image_size} is too small for conv1 kernel {conv1_kernel} and "
                              f"primary kernel {primary_kernel}; use smaller kernels")
-        # The same layers (and names) as the GAN's CapsuleDiscriminator, without its dense head.
-        self.conv1 = nn.Conv2d(channels, conv1_channels, conv1_kernel)
+        # The same layers (and names) as the GAN's CapsuleDiscriminator, without its dense head; conv1
+        # strides as the GAN's does above 32 px, so the primary grid stays bounded (model.caps_max_grid).
+        self.conv1 = nn.Conv2d(channels, conv1_channels, conv1_kernel, stride=conv1_stride)
         self.act1 = nn.PReLU(conv1_channels)
         self.primary = PrimaryCaps(conv1_channels, primary_channels, primary_dim, primary_kernel)
         self.caps = RoutedCaps(primary_channels * h2 * h2, primary_dim, n_classes, caps_dim, routing_iters,

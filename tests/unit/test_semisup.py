@@ -176,6 +176,22 @@ def test_both_discriminators_give_k_logits_and_their_features():
     assert model_hash(cfg) != model_hash(gan)  # a GAN checkpoint never resumes as a K-logit D
 
 
+def test_capsule_class_d_bounds_its_primary_grid_as_the_gan_d_does():
+    strides = {}
+    for size in (28, 64, 128):
+        cfg = load_config(SEMISUP_DEBUG, [f"data.image_size={size}", "data.channels=3"])
+        D = build_discriminator(cfg)
+        gan = build_discriminator(load_config(SEMISUP_DEBUG, [f"data.image_size={size}", "data.channels=3",
+                                                              "data.labels_per_class=0", "eval.every=0",
+                                                              "loss.generator=nonsaturating"]))
+        assert D.conv1.stride == gan.conv1.stride
+        n_in = D.caps.weight.shape[0]
+        assert n_in == gan.caps.weight.shape[0] <= cfg.model.primary_channels * 12 * 12  # caps_max_grid 12
+        assert D(torch.randn(2, 3, size, size)).shape == (2, 10)
+        strides[size] = D.conv1.stride[0]
+    assert strides[28] == 1 and strides[128] > strides[64] > 1  # the paper's stride at 28 px only
+
+
 # ---------------------------------------------------------------------------------------------
 # Batch streams and config checks
 
