@@ -35,13 +35,15 @@ def main() -> None:
                     "images with --size and --channels")
     ap.add_argument("--size", type=int, default=None, help="a folder of images: the run's data.image_size")
     ap.add_argument("--channels", type=int, default=None, help="a folder of images: the run's data.channels")
+    ap.add_argument("--cache-dir", default=DataConfig().cache_dir, help="a folder of images: its prepared cache")
     ap.add_argument("--n", type=int, default=2000, help="images per scored case (the compare's eval_n)")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")  # torchmetrics' notes on small sample sizes
 
     def scaled(split: str) -> tuple[torch.Tensor, str]:
         if args.size:  # a folder: one set, read as `data.name=folder` reads it
-            cfg = DataConfig(name="folder", root=args.data, image_size=args.size, channels=args.channels or 3)
+            cfg = DataConfig(name="folder", root=args.data, image_size=args.size, channels=args.channels or 3,
+                             cache_dir=args.cache_dir)
             images, read = load_images(cfg), "folder"
         else:
             images, _labels, read = load_idx_labeled(Path(args.data), split)

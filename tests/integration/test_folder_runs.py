@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
-from conftest import DEBUG_CONFIG, run_capsgan
+from conftest import DEBUG_CONFIG, REPO, cli_env, run_capsgan
 from PIL import Image
 
 QUIET = ["train.progress=false", "tracking.backend=local", "train.sample_every=1000", "tracking.grid_every=1000"]
@@ -89,3 +91,15 @@ def test_classifier_on_a_class_folder_shares_the_runs_feature_space(tmp_path: Pa
     assert fingerprint(load_images(cfg.data)) in meta["dataset"]["fingerprints"]  # the same pixels, same rule
     bad = run_capsgan("classifier", "train", "--data", str(tmp_path / "imgs"), "--out", str(out), check=False)
     assert bad.returncode == 2 and "give the run's image shape too, --size S --channels C" in bad.stderr
+
+    # scripts/reference_points.py reads the same folder by the same rule and scores the reference cases
+    ref = subprocess.run([sys.executable, str(REPO / "scripts" / "reference_points.py"), "--classifier", str(out),
+                          "--data", str(tmp_path / "imgs"), "--size", "28", "--channels", "3", "--n", "20",
+                          "--cache-dir", str(tmp_path / "cache")], capture_output=True, text=True, cwd=REPO,
+                         env=cli_env(), timeout=300, check=True)
+    cases = dict(line.split(": {", 1) for line in ref.stdout.splitlines()[1:])
+    assert list(cases) == ["real: 20 folder images (a subset of the reference)", "uniform noise in [-1, 1]",
+                           "all black (-1)", "all white (+1)"], ref.stdout
+    fid = {name: json.loads("{" + rest)["fid"] for name, rest in cases.items()}
+    assert fid["real: 20 folder images (a subset of the reference)"] < min(fid["all black (-1)"],
+                                                                          fid["all white (+1)"])
