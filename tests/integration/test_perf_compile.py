@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from tests.conftest import DEBUG_CONFIG, run_capsgan
+from conftest import DEBUG_CONFIG, run_capsgan
 
 
 def _last_row(run_dir) -> dict:

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from conftest import DEBUG_CONFIG, cli_env, run_capsgan
 
 from capsgan_dist import checkpoint, losses, train
 from capsgan_dist.config import load_config
@@ -17,7 +18,6 @@ from capsgan_dist.models import build_discriminator, build_generator
 from capsgan_dist.optim import build_adam
 from capsgan_dist.step_stats import D_KEYS, G_KEYS, StepStats
 from capsgan_dist.steps import D_NOISE, G_NOISE, EagerSteps, iteration
-from tests.conftest import DEBUG_CONFIG, cli_env, run_capsgan
 
 
 def test_cli_refuses_cuda_graphs_without_a_gpu(tmp_path):
