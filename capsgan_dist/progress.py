@@ -19,14 +19,16 @@ class Progress:
     """`update()` / `set_postfix()` / `close()`, like a tqdm bar; silent when not `enabled`."""
 
     def __init__(self, total: int, initial: int, desc: str, enabled: bool, every_s: float,
-                 stream: TextIO | None = None, clock: Callable[[], float] = time.monotonic):
+                 stream: TextIO | None = None, clock: Callable[[], float] = time.monotonic, unit: str = "step"):
         self.stream = stream if stream is not None else sys.stderr
         self.total, self.n, self.desc, self.every_s, self.clock = total, initial, desc, every_s, clock
+        self.unit = unit
         self.enabled = enabled
         self.postfix: dict[str, str] = {}
         self.bar = None
         if enabled and self.stream.isatty():
-            self.bar = tqdm(total=total, initial=initial, dynamic_ncols=True, desc=desc, file=self.stream)
+            self.bar = tqdm(total=total, initial=initial, dynamic_ncols=True, desc=desc, file=self.stream,
+                            unit="it" if unit == "step" else unit)
         self.t0 = self.last = clock()
         self.n0 = self.printed = initial
 
@@ -53,6 +55,6 @@ class Progress:
         now = self.clock()
         rate = (self.n - self.n0) / max(now - self.t0, 1e-9)
         stats = " ".join(f"{k}={v}" for k, v in self.postfix.items())
-        print(f"{self.desc}: step {self.n}/{self.total} ({100 * self.n / max(self.total, 1):.0f}%), "
-              f"{rate:.3g} steps/s{', ' + stats if stats else ''}", file=self.stream, flush=True)
+        print(f"{self.desc}: {self.unit} {self.n}/{self.total} ({100 * self.n / max(self.total, 1):.0f}%), "
+              f"{rate:.3g} {self.unit}s/s{', ' + stats if stats else ''}", file=self.stream, flush=True)
         self.last, self.printed = now, self.n

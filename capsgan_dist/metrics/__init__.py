@@ -36,16 +36,22 @@ class Features:
 
 
 @torch.no_grad()
-def extract(classifier: nn.Module, images: torch.Tensor, batch: int = 500) -> Features:
-    """Run the classifier (eval mode) over `images` in batches."""
+def extract(classifier: nn.Module, images: torch.Tensor, batch: int = 500, progress: str = "") -> Features:
+    """Run the classifier (eval mode) over `images` in batches; `progress`: a label to report progress under
+    (a bar on a terminal, a line every 10 s elsewhere), e.g. for the Inception network on a CPU."""
+    from capsgan_dist.progress import Progress
+
     dev = next(classifier.parameters()).device
     was = classifier.training
     classifier.eval()
+    bar = Progress(len(images), 0, progress, bool(progress), 10.0, unit="image")
     fs, ls = [], []
     for i in range(0, len(images), batch):
         f, lg = classifier.features_and_logits(images[i:i + batch].to(dev).float())
         fs.append(f.double().cpu())
         ls.append(lg.double().cpu())
+        bar.update(len(f))
+    bar.close()
     classifier.train(was)
     return Features(torch.cat(fs), torch.cat(ls))
 
@@ -89,17 +95,18 @@ def register(name: str) -> Callable[[type[Metric]], type[Metric]]:
 class MetricSuite:
     """The metrics of `settings.metrics` against one real image set."""
 
-    def __init__(self, classifier: nn.Module, settings: EvalConfig, seed: int = 0):
-        self.classifier, self.settings = classifier, settings
+    def __init__(self, classifier: nn.Module, settings: EvalConfig, seed: int = 0, progress: bool = False):
+        self.classifier, self.settings, self.progress = classifier, settings, progress
         self.metrics = [METRICS[name](classifier.num_features, settings, seed) for name in settings.metrics]
 
     def set_real(self, images: torch.Tensor) -> None:
-        real = extract(self.classifier, images, self.settings.batch)
+        real = extract(self.classifier, images, self.settings.batch, "real images" if self.progress else "")
         for m in self.metrics:
             m.set_real(real)
 
     def score(self, fake_images: torch.Tensor) -> dict[str, float]:
-        fake = extract(self.classifier, fake_images, self.settings.batch)
+        fake = extract(self.classifier, fake_images, self.settings.batch,
+                       "generated images" if self.progress else "")
         out: dict[str, float] = {}
         for m in self.metrics:
             out.update(m.score(fake))

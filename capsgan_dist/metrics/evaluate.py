@@ -65,7 +65,8 @@ def generate(G: nn.Module, z: torch.Tensor, batch: int) -> torch.Tensor:
     return out
 
 
-def _suite(settings: EvalConfig, cfg: Config, device: torch.device) -> tuple[MetricSuite, dict]:
+def _suite(settings: EvalConfig, cfg: Config, device: torch.device,
+           progress: bool = False) -> tuple[MetricSuite, dict]:
     """Metrics against the run's real data in `settings`' feature network, and that network's metadata
     (+ whether a classifier was trained on the run's data; None for Inception, trained on ImageNet)."""
     images = load_images(cfg.data)  # uint8
@@ -77,7 +78,7 @@ def _suite(settings: EvalConfig, cfg: Config, device: torch.device) -> tuple[Met
     else:
         net, meta = load_classifier(settings.classifier)
         meta = {**meta, "matches_run_data": check_classifier(meta, cfg, settings.classifier, images)}
-    suite = MetricSuite(net.to(device), settings, seed=cfg.seed)
+    suite = MetricSuite(net.to(device), settings, seed=cfg.seed, progress=progress)
     suite.set_real(images.float().div(127.5).sub(1.0))
     return suite, meta
 
@@ -107,7 +108,7 @@ def evaluate_run(run_dir: Path, n: int | None = None, classifier: str | None = N
     if not paths:
         raise CheckpointError(f"no valid checkpoint in {run_dir / 'checkpoints'}")
     t0 = time.perf_counter()
-    suite, meta = _suite(settings, cfg, torch.device("cpu"))
+    suite, meta = _suite(settings, cfg, torch.device("cpu"), progress=True)  # Inception on a CPU takes minutes
     z = noise(settings.n, cfg.model.latent_dim, torch.device("cpu"), cfg.seed, _EVAL_NOISE)
     results = []
     for path in paths:

@@ -1,6 +1,7 @@
 """Where a long `capsgan compare` stands: every run's evaluations so far, from its metrics.jsonl.
 
     python scripts/results/paper_status.py runs/paper_mnist [runs/paper_fashion ...]
+    python scripts/results/paper_status.py runs/paper_mnist/capsgan/seed0     # one run folder
 
 Prints one Markdown table per compare folder: model, seed, steps done, training CPU-seconds, and
 FID / IS at every evaluation made so far. Reads files only; safe beside the running compare.
@@ -25,7 +26,10 @@ def run_status(run: Path) -> tuple[int, float, list[tuple[int, float, float]]]:
 def main(folders: list[str]) -> None:
     for folder in map(Path, folders):
         print(f"\n### {folder}\n\n| model | seed | step | CPU s | FID at step (IS) |\n|---|---:|---:|---:|---|")
-        for run in sorted(folder.glob("*/seed*")):
+        runs = sorted(folder.glob("*/seed*")) or ([folder] if (folder / "metrics.jsonl").is_file() else [])
+        if not runs:
+            print(f"(no runs: {folder} holds neither MODEL/seedN folders nor a metrics.jsonl)")
+        for run in runs:
             step, cpu, evals = run_status(run)
             cells = ", ".join(f"{s}: {f:.0f} ({i:.2f})" for s, f, i in evals) or "-"
             print(f"| {run.parent.name} | {run.name[4:]} | {step} | {cpu:.0f} | {cells} |")

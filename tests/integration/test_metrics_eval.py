@@ -72,6 +72,8 @@ def test_training_loop_and_eval_score_in_the_fid_inception_space(tmp_path: Path,
     proc = run_capsgan("eval", "--run", str(run), "--inception-weights", str(fid_inception_weights), "--all",
                        timeout=300)
     assert "capsgan: warning" not in proc.stderr  # nothing to check a network trained on ImageNet against
+    assert "real images: image 8/8 (100%)" in proc.stderr  # slow on a CPU: it says how far it is
+    assert proc.stderr.count("generated images: image 5/5 (100%)") == 2  # one per checkpoint
     report = json.loads((run / "eval.json").read_text())
     assert report["classifier_arch"] == "inception-v3-fid" and report["classifier"] == str(fid_inception_weights)
     assert report["classifier_trained_on_run_data"] is None

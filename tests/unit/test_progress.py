@@ -50,3 +50,26 @@ def test_a_terminal_gets_the_tqdm_bar():
     _run(term, total=20)
     text = term.getvalue()
     assert "\r" in text and "20/20 [" in text and "it/s" in text and "steps/s" not in text  # tqdm's, not ours
+
+
+def test_metrics_extraction_reports_images_when_given_a_label(capsys):
+    import torch
+    from torch import nn
+
+    from capsgan_dist.metrics import extract
+
+    class Tiny(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Linear(4, 2)
+
+        def features_and_logits(self, x):
+            return x.flatten(1), self.w(x.flatten(1))
+
+    images = torch.zeros(7, 1, 2, 2)
+    out = extract(Tiny(), images, batch=3, progress="real images")
+    assert out.features.shape == (7, 4)
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("real images: image 7/7 (100%), ") and "images/s" in err[0]
+    extract(Tiny(), images, batch=3)  # no label: silent, as in the training loop
+    assert capsys.readouterr().err == ""
