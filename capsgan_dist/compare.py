@@ -55,6 +55,9 @@ class CompareConfig:
     """Generated images per evaluation (eval.n)."""
     classifier: str = "runs/classifiers/mnist-lenet.safetensors"
     """Classifier file for the metrics (from `capsgan classifier train`)."""
+    inception_weights: str = ""
+    """Instead of `classifier`: the FID Inception-v3 weights file (docs/metrics.md), the feature space of
+    published FIDs; empty: the classifier's."""
     grid_steps: list[int] = field(default_factory=lambda: [1000, 10000, 30000])
     """Steps of the side-by-side sample grids (paper Fig. 10); steps beyond `steps` are left out."""
     routing_ablation: list[int] = field(default_factory=list)
@@ -159,7 +162,8 @@ def _train_config(cc: CompareConfig, variant_overrides: list[str], seed: int, ru
     return load_config(cc.base, [
         *cc.overrides, f"train.steps={cc.steps}", *variant_overrides, f"seed={seed}",
         f"train.run_dir={run_dir}", "resume=auto", f"eval.every={cc.eval_every}", f"eval.n={cc.eval_n}",
-        f"eval.classifier={cc.classifier}", f"train.sample_every={cc.eval_every}",
+        *(["eval.classifier=null", f"eval.inception_weights={cc.inception_weights}"] if cc.inception_weights
+          else [f"eval.classifier={cc.classifier}"]), f"train.sample_every={cc.eval_every}",
         f"train.keep_steps=[{','.join(str(st) for st in keep_steps or [])}]",
     ])
 
@@ -340,7 +344,8 @@ def plot_curves(agg: dict, group: str, metric: str, out: Path, title: str, x: st
         ax.fill_between(steps, [min(r[metric + "_seeds"]) for r in rows], [max(r[metric + "_seeds"]) for r in rows],
                         color=line.get_color(), alpha=0.2)
     ax.set_xlabel("training step" if x == "step" else "training CPU-seconds (mean over seeds, evaluation excluded)")
-    ax.set_ylabel(metric.upper() + " (classifier features)" if metric in ("fid", "kid") else metric)
+    space = "Inception" if agg["config"].get("inception_weights") else "classifier"
+    ax.set_ylabel(metric.upper() + f" ({space} features)" if metric in ("fid", "kid") else metric)
     if metric == "fid":
         ax.set_yscale("log")
     ax.set_title(title)

@@ -46,6 +46,18 @@ def test_paper_scale_presets_train_dcgan_three_times_longer_and_keep_the_compari
         assert (caps.train.batch_real, caps.train.batch_fake, caps.train.schedule) == (16, 16, "alternate")
 
 
+def test_inception_weights_replace_the_classifier_in_every_run(tmp_path: Path):
+    from capsgan_dist.compare import _train_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text(f"base: {REPO / 'configs' / 'debug.yaml'}\n")
+    plain = _train_config(load_compare_config(path), [], 0, Path("x")).eval
+    assert (plain.classifier, plain.inception_weights) == ("runs/classifiers/mnist-lenet.safetensors", None)
+    cc = load_compare_config(path, ["inception_weights=w.pth"])
+    ev = _train_config(cc, [], 0, Path("x")).eval
+    assert (ev.classifier, ev.inception_weights, ev.every) == (None, "w.pth", cc.eval_every)
+
+
 @pytest.mark.parametrize("extra, match", [
     ("points: {nope: [1000]}", "points names 'nope'"),
     ("points: {capsgan: [1500]}", "multiples of eval_every"),
