@@ -73,7 +73,6 @@ class InceptionFeatures(nn.Module):
         except RuntimeError as e:  # missing, unexpected or mis-shaped parameters
             reason = " ".join(line.strip() for line in str(e).splitlines()[:2])
             raise CheckpointError(f"{path} does not fit the FID Inception-v3: {reason}") from None
-        self.path = path
 
     @torch.no_grad()
     def features_and_logits(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
