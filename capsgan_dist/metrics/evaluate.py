@@ -91,9 +91,7 @@ def evaluate_run(run_dir: Path, n: int | None = None, classifier: str | None = N
     `classifier` or `inception_weights` (at most one) replaces the run's own eval feature network."""
     run_dir = Path(run_dir)
     cfg = run_config(run_dir)
-    if classifier and inception_weights:
-        raise UserError("pass --classifier or --inception-weights, not both")
-    if classifier or inception_weights:
+    if classifier or inception_weights:  # both at once: EvalConfig refuses it
         settings = dataclasses.replace(cfg.eval, classifier=classifier, inception_weights=inception_weights)
     else:
         settings = cfg.eval

@@ -80,8 +80,7 @@ class InceptionFeatures(nn.Module):
         pixels = images.add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8)
         if pixels.shape[1] == 1:  # grey: the same value in R, G and B
             pixels = pixels.expand(-1, 3, -1, -1)
-        features, logits = self.net(pixels.contiguous())
-        return features, logits
+        return self.net(pixels.contiguous())
 
     def train(self, mode: bool = True) -> InceptionFeatures:
         return super().train(False)  # always the converted network's inference behaviour

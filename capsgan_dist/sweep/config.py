@@ -221,27 +221,26 @@ def resolve_metric(sweep: SweepConfig, base: dict) -> SweepConfig:
     and a sweep that asks for FID but cannot compute it fails here, before Ray starts.
     """
     ev = base["eval"]
+    network = "classifier" if ev["classifier"] else "inception_weights" if ev["inception_weights"] else None
     metric = sweep.metric
     if metric == AUTO_METRIC:
         if sweep.mode != "min":
             raise ConfigError("metric=auto ranks by FID or proxy_d_gap, both lower-is-better: drop mode=max "
                               "or name the metric")
-        metric = FID_METRIC if ev["classifier"] or ev["inception_weights"] else PROXY_METRIC
+        metric = FID_METRIC if network else PROXY_METRIC
     if metric in (TEST_ERROR_METRIC, "eval/test_acc"):  # scored by D itself: no classifier needed
         if not base["data"]["labels_per_class"] or not ev["every"]:
             raise ConfigError(f"metric {metric} needs semi-supervised trials that evaluate: add "
                               "data.labels_per_class=N and eval.every=N to the sweep's overrides")
     elif metric.startswith("eval/"):
-        if not (ev["classifier"] or ev["inception_weights"]) or not ev["every"]:
+        if not network or not ev["every"]:
             raise ConfigError(f"metric {metric} needs the trials to evaluate: add eval.classifier=FILE (from "
                               "`capsgan classifier train`) and eval.every=N to the sweep's overrides")
-        key, path = ("classifier", ev["classifier"]) if ev["classifier"] else ("inception_weights",
-                                                                              ev["inception_weights"])
-        if not Path(path).is_file():
+        if not Path(ev[network]).is_file():
             fix = ("train one with `capsgan classifier train --data DIR --arch lenet --out PATH`"
-                   if key == "classifier" else "give the FID Inception-v3 .pth you have")
-            raise ConfigError(f"eval.{key} {path} not found: {fix}, or set eval.{key}=null to rank by "
-                              f"{PROXY_METRIC}")
+                   if network == "classifier" else "give the FID Inception-v3 .pth you have")
+            raise ConfigError(f"eval.{network} {ev[network]} not found: {fix}, or set eval.{network}=null to "
+                              f"rank by {PROXY_METRIC}")
     return dataclasses.replace(sweep, metric=metric)
 
 
