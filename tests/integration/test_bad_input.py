@@ -40,7 +40,8 @@ def _write_labels(path: Path, n: int = 64) -> Path:
 
 
 def _idx(root: Path) -> list[str]:
-    return ["data.name=idx", f"data.root={root}"]
+    """An IDX folder as data, its prepared cache beside it (not in the checkout's data/cache)."""
+    return ["data.name=idx", f"data.root={root}", f"data.cache_dir={root.parent / 'cache'}"]
 
 
 def _mount_tmpfs(path: Path, size: str, read_only: bool = False) -> bool:

@@ -19,7 +19,9 @@ TWEMOJI = REPO / "data" / "twemoji64"  # scripts/get_twemoji.sh (make data-twemo
 
 
 def _cfg(root: Path, *ovs: str):
+    """A folder source at 8 px, its prepared cache beside the folder (not in the checkout's data/cache)."""
     return load_config(None, ["data.name=folder", f"data.root={root}", "data.image_size=8",
+                              f"data.cache_dir={root.parent / 'cache'}",
                               "model.discriminator=conv", *ovs]).data  # 8 px: too small for the capsule D
 
 

@@ -44,8 +44,8 @@ def test_labeled_subset_is_balanced_seeded_and_disjoint_from_the_test_split():
         assert len(s.test_x) == 100
 
 
-def test_mnist_test_split_is_the_classifiers_and_so_is_the_labeled_subset(mnist_dir):
-    cfg = DataConfig(name="idx", root=str(mnist_dir), labels_per_class=10)
+def test_mnist_test_split_is_the_classifiers_and_so_is_the_labeled_subset(mnist_dir, tmp_path):
+    cfg = DataConfig(name="idx", root=str(mnist_dir), labels_per_class=10, cache_dir=str(tmp_path))
     s = load_splits(cfg, seed=3)
     train_x, train_y, test_x, test_y, _ = labelled_split(mnist_dir, 2000, 0)  # `capsgan classifier train` split
     assert torch.equal(s.test_x, test_x) and torch.equal(s.test_y, test_y)
@@ -56,10 +56,11 @@ def test_mnist_test_split_is_the_classifiers_and_so_is_the_labeled_subset(mnist_
     assert not set(_labeled_src(s).tolist()) & set(s.test_src.tolist())
 
 
-def test_fashion_uses_its_official_test_split():
+def test_fashion_uses_its_official_test_split(tmp_path):
     if not (FASHION_DIR / "train-images-idx3-ubyte.gz").is_file():
         pytest.skip(f"Fashion-MNIST not found at {FASHION_DIR}")
-    s = load_splits(DataConfig(name="idx", root=str(FASHION_DIR), labels_per_class=10), seed=0)
+    s = load_splits(DataConfig(name="idx", root=str(FASHION_DIR), labels_per_class=10, cache_dir=str(tmp_path)),
+                    seed=0)
     assert s.test_src is None and len(s.test_x) == 10_000  # the t10k file
     assert len(s.labeled_x) == 100 and len(s.unlabeled_x) == 59_900
 
