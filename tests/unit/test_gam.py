@@ -88,3 +88,26 @@ def test_battle_is_invalid_when_the_discriminators_disagree_on_real_images():
 
 def test_ratio_edge_cases():
     assert ratio(0.0, 0.0) == 1.0 and ratio(0.2, 0.1) == 2.0 and math.isinf(ratio(0.1, 0.0))
+
+
+class BatchNormD(nn.Module):
+    """Batch norm over the pixels, then logit = 2 - mean |normalised pixel|: real for any batch that is
+    normalised by its own statistics (mean |z| ~ 0.8), fake when the running averages are far off."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm = nn.BatchNorm2d(1, affine=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 2 - self.norm(x).abs().mean(dim=(1, 2, 3))
+
+
+def test_a_batch_norm_d_judges_with_each_batchs_statistics_and_keeps_its_running_averages():
+    D = BatchNormD().eval()
+    D.norm.running_mean.fill_(100.0)  # averages of other images (training mixes real and fake batches)
+    real = _smooth_images(120, 8)
+    with torch.no_grad():
+        assert (D(real) < 0).all()  # eval mode would call every real image fake
+    assert error_rate(D, real, real=True, batch=50) == 0.0  # batches of 50, 50, 20: each its own statistics
+    assert not D.training and not D.norm.training and D.norm.momentum == 0.1
+    assert D.norm.running_mean.item() == 100.0 and D.norm.running_var.item() == 1.0
