@@ -30,6 +30,11 @@ def write_idx(path: Path, images: np.ndarray, magic: int = 2051, drop_bytes: int
     return path
 
 
+def _idx_config(root: Path, cache: Path | None = None, **kw) -> DataConfig:
+    """An IDX folder as data, its prepared cache under `cache` (default root/cache), not in the checkout."""
+    return DataConfig(name="idx", root=str(root), cache_dir=str(cache or root / "cache"), **kw)
+
+
 def _images(n: int = 3, h: int = 4, w: int = 5) -> np.ndarray:
     return np.random.default_rng(0).integers(0, 256, size=(n, h, w), dtype=np.uint8)
 
@@ -59,7 +64,7 @@ def test_idx_dataset_scaled_to_minus_one_one(tmp_path):
     imgs = np.zeros((2, 28, 28), dtype=np.uint8)
     imgs[0, 0, 0], imgs[1, 5, 5] = 255, 128
     write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", imgs)
-    ds = build_dataset(DataConfig(name="idx", root=str(tmp_path), cache_dir=str(tmp_path / "cache")))
+    ds = build_dataset(_idx_config(tmp_path))
     assert len(ds) == 2
     assert ds[0][0, 0, 0].item() == 1.0 and ds[0][0, 1, 1].item() == -1.0
     assert ds[1][0, 5, 5].item() == pytest.approx(128 / 127.5 - 1, abs=1e-6)
@@ -69,7 +74,7 @@ def test_idx_dataset_scaled_to_minus_one_one(tmp_path):
 def test_idx_split_choice(tmp_path, split, want):
     write_idx(tmp_path / "train-images-idx3-ubyte.gz", np.full((2, 28, 28), 255, dtype=np.uint8))
     write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", np.full((1, 28, 28), 7, dtype=np.uint8))
-    cfg = DataConfig(name="idx", root=str(tmp_path), cache_dir=str(tmp_path / "cache"), split=split)
+    cfg = _idx_config(tmp_path, split=split)
     assert load_images(cfg)[0, 0, 0, 0].item() == want
 
 
@@ -114,17 +119,17 @@ def test_missing_dir_names_the_path(tmp_path):
 def test_dir_without_images_names_the_path_and_files(tmp_path):
     (tmp_path / "train-labels-idx1-ubyte.gz").write_bytes(b"")
     with pytest.raises(DataError) as e:
-        load_images(DataConfig(name="idx", root=str(tmp_path), cache_dir=str(tmp_path / "cache")))
+        load_images(_idx_config(tmp_path))
     assert str(tmp_path) in str(e.value) and "images-idx3-ubyte" in str(e.value)
 
 
 def test_size_mismatch_is_a_data_error(tmp_path):
     write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", _images(2, 28, 28))
     with pytest.raises(DataError, match=r"data\.image_size=28") as e:
-        load_images(DataConfig(name="idx", root=str(tmp_path), cache_dir=str(tmp_path / "cache"), image_size=32))
+        load_images(_idx_config(tmp_path, image_size=32))
     assert "1x28x28" in str(e.value)
     with pytest.raises(DataError, match=r"data\.channels=1"):
-        load_images(DataConfig(name="idx", root=str(tmp_path), cache_dir=str(tmp_path / "cache"), channels=3))
+        load_images(_idx_config(tmp_path, channels=3))
 
 
 def test_torchvision_download_failure_is_a_data_error(tmp_path, monkeypatch):
@@ -154,12 +159,12 @@ def test_epoch_shuffle_depends_only_on_seed_and_epoch():
 
 
 def test_real_mnist(mnist_dir, tmp_path):
-    images = load_images(DataConfig(name="idx", root=str(mnist_dir), cache_dir=str(tmp_path)))
+    images = load_images(_idx_config(mnist_dir, cache=tmp_path))
     assert images.shape == (10000, 1, 28, 28) and images.dtype == torch.uint8
     # MNIST digits: mostly black background, strokes near 255, mean pixel ~33
     assert images.max().item() == 255 and images.min().item() == 0
     assert 25 < images.float().mean().item() < 40
-    ds = build_dataset(DataConfig(name="idx", root=str(mnist_dir), cache_dir=str(tmp_path)))
+    ds = build_dataset(_idx_config(mnist_dir, cache=tmp_path))
     assert ds[0].min().item() == -1.0 and ds[0].max().item() <= 1.0
 
 
