@@ -74,8 +74,7 @@ def test_idx_dataset_scaled_to_minus_one_one(tmp_path):
 def test_idx_split_choice(tmp_path, split, want):
     write_idx(tmp_path / "train-images-idx3-ubyte.gz", np.full((2, 28, 28), 255, dtype=np.uint8))
     write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", np.full((1, 28, 28), 7, dtype=np.uint8))
-    cfg = _idx_config(tmp_path, split=split)
-    assert load_images(cfg)[0, 0, 0, 0].item() == want
+    assert load_images(_idx_config(tmp_path, split=split))[0, 0, 0, 0].item() == want
 
 
 @pytest.mark.parametrize("drop", [1, 100])
