@@ -111,3 +111,4 @@ def test_a_batch_norm_d_judges_with_each_batchs_statistics_and_keeps_its_running
     assert error_rate(D, real, real=True, batch=50) == 0.0  # batches of 50, 50, 20: each its own statistics
     assert not D.training and not D.norm.training and D.norm.momentum == 0.1
     assert D.norm.running_mean.item() == 100.0 and D.norm.running_var.item() == 1.0
+    assert D.norm.num_batches_tracked.item() == 0  # three batches judged, none counted as training
