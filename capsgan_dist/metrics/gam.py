@@ -31,22 +31,20 @@ from capsgan_dist.metrics.evaluate import generate
 @contextmanager
 def batch_statistics(model: nn.Module) -> Iterator[None]:
     """Within the block, `model`'s batch-norm layers normalise with each batch's statistics, as in
-    training, and leave their running averages and batch count as they were (momentum 0); other
-    layers keep their mode."""
+    training, and leave their running averages and batch count as they were; other layers keep their
+    mode. (In training mode a batch norm that does not track running statistics neither reads nor
+    updates them.)"""
     norms = [m for m in model.modules() if isinstance(m, _BatchNorm)]
-    saved = [(m.training, m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone())
-             for m in norms]
+    saved = [(m.training, m.track_running_stats) for m in norms]
     for m in norms:
         m.train()
-        m.momentum = 0.0
+        m.track_running_stats = False
     try:
         yield
     finally:
-        for m, (training, momentum, tracked) in zip(norms, saved):
+        for m, (training, tracking) in zip(norms, saved):
             m.train(training)
-            m.momentum = momentum
-            if tracked is not None:  # a training-mode forward counts the batch; judging is not training
-                m.num_batches_tracked.copy_(tracked)
+            m.track_running_stats = tracking
 
 
 def error_rate(D: nn.Module, images: torch.Tensor, real: bool, batch: int = 500) -> float:
