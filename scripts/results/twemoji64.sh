@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The Twemoji measurement of docs/results.md: configs/compare_twemoji64.yaml (CapsuleGAN 3,000 steps vs
-# DCGAN 9,000, 3 seeds, 64x64 RGB) in two single-threaded lanes at low priority, CapsuleGAN's seeds on
-# one core and DCGAN's on the other (about the same CPU time each), then the report without --only.
+# DCGAN 9,000, 3 seeds, 64x64 RGB, and the 1,000-step control with the paper's generator) in two
+# single-threaded lanes at low priority, CapsuleGAN's seeds on one core and the DCGAN runs on the other
+# (about the same CPU time each), then the report without --only.
 # Rerun the same command to continue after a stop: finished runs are skipped, others resume.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -11,4 +12,4 @@ CLASSIFIER=runs/classifiers/twemoji64-lenet.safetensors
 mkdir -p runs/classifiers
 [ -f "$CLASSIFIER" ] || PYTHONPATH=$PWD OMP_NUM_THREADS=1 "$CAPSGAN" classifier train --data data/twemoji64 \
   --size 64 --channels 3 --arch lenet --holdout 500 --epochs 10 --out "$CLASSIFIER"
-bash scripts/results/two_lanes.sh configs/compare_twemoji64.yaml twemoji64 capsgan dcgan
+bash scripts/results/two_lanes.sh configs/compare_twemoji64.yaml twemoji64 capsgan dcgan_paperg,dcgan
