@@ -353,7 +353,7 @@ def plot_curves(agg: dict, group: str, metric: str, out: Path, title: str, x: st
     if ax.lines:  # rows without cpu_s (runs from before it was logged) draw nothing on the CPU-time plot
         ax.legend()
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
+    plots.save_figure(fig, out, dpi=110)
     plt.close(fig)
 
 
@@ -380,7 +380,7 @@ def sample_grids(cc: CompareConfig, out_dir: Path) -> list[Path]:
         fig.suptitle(f"{cc.name}: fixed noise, seed {seed}")
         fig.tight_layout()
         path = out_dir / f"grid_step_{step:07d}.png"
-        fig.savefig(path, dpi=110)
+        plots.save_figure(fig, path, dpi=110)
         plt.close(fig)
         written.append(path)
     return written

@@ -41,8 +41,7 @@ def points_grid(cc, run_dir, out: Path) -> Path | None:
             ax.axis("off")
     fig.suptitle(f"{cc.name}: fixed noise at the comparison points")
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
+    plots.save_figure(fig, out, dpi=100)
     plt.close(fig)
     return out
 

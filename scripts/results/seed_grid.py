@@ -13,7 +13,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from capsgan_dist.plots import sample_file  # noqa: E402
+from capsgan_dist.plots import sample_file, save_figure  # noqa: E402
 
 out, step, png = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 models = sys.argv[4:] or ["capsgan", "dcgan"]
@@ -29,4 +29,4 @@ for row, model in enumerate(models):
         ax.set_title(f"{model}, {seed}, step {step}")
         ax.axis("off")
 fig.tight_layout()
-fig.savefig(png, dpi=90)
+save_figure(fig, Path(png), dpi=90)

@@ -24,6 +24,7 @@ import yaml
 
 from capsgan_dist import provenance
 from capsgan_dist.compare import cpu_curve, eval_curve
+from capsgan_dist.plots import save_figure
 
 MODELS = {"capsule_ssl": "capsule D, semi-supervised", "conv_ssl": "conv D, semi-supervised",
           "capsule_sup": "capsule D, labeled images only", "conv_sup": "conv D, labeled images only",
@@ -154,8 +155,7 @@ def plot(out: Path, runs: dict[str, dict], path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
     plt.close(fig)
 
 

@@ -46,3 +46,36 @@ def test_sample_files_share_the_checkpoints_step_format_and_read_older_runs(tmp_
     assert sample_file(tmp_path, 500).name == "step_000500.png"
     mixed = [tmp_path / "step_0001000.png", tmp_path / "step_000500.png", tmp_path / "step_0000020.png"]
     assert [p.name for p in by_step(mixed)] == ["step_0000020.png", "step_000500.png", "step_0001000.png"]
+
+
+def _figure(color: str, transparent: bool = False):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(2, 1))
+    ax.plot([0, 1], [0, 1], color=color)
+    if transparent:
+        fig.patch.set_alpha(0.0)
+    return fig
+
+
+def test_save_figure_keeps_matplotlibs_pixels_without_the_alpha_channel(tmp_path: Path):
+    """Grey figures become greyscale PNGs, colour ones RGB, transparent ones keep alpha; the pixels match
+    what matplotlib itself writes."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from capsgan_dist.plots import save_figure
+
+    for color, transparent, mode in [("black", False, "L"), ("tab:red", False, "RGB"), ("black", True, "RGBA")]:
+        fig = _figure(color, transparent)
+        try:
+            fig.savefig(tmp_path / "ref.png", dpi=50)
+            save_figure(fig, tmp_path / "sub" / "out.png", dpi=50)
+        finally:
+            plt.close(fig)
+        with Image.open(tmp_path / "ref.png") as ref, Image.open(tmp_path / "sub" / "out.png") as out:
+            assert out.mode == mode, (color, transparent)
+            assert np.array_equal(np.asarray(ref.convert("RGBA")), np.asarray(out.convert("RGBA")))
