@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The Twemoji measurement of docs/results.md: configs/compare_twemoji64.yaml (CapsuleGAN 3,000 steps vs
 # DCGAN 9,000, 3 seeds, 64x64 RGB, and the control with the paper's generator, 3,000) in two
-# single-threaded lanes at low priority, CapsuleGAN's seeds on one core and the DCGAN runs on the other
-# (about the same CPU time each), then the report without --only.
+# single-threaded lanes at low priority, CapsuleGAN's seeds on one core, DCGAN's and the control's on
+# the other (about 3.5 and 4.5 CPU-hours on a 2-core CPU), then the report without --only.
 # Rerun the same command to continue after a stop: finished runs are skipped, others resume.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
